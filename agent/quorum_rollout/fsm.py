@@ -1,0 +1,494 @@
+"""Pure, deterministic release state machine of one server group.
+
+No I/O, no clock reads, no randomness: `apply(state, command)` is a total function from
+plain data to plain data, so every Raft member computes the same state from the same log.
+
+State is a JSON-compatible dict (see `initial_state`); a command is a dict:
+
+    {"op": "<name>", "id": "<operation id>", "term": <raft term of the proposer>,
+     "time": <proposer's wall clock, float>, "actor": "<node id>", ...arguments}
+
+`apply` never raises on bad input: an invalid command leaves the group state unchanged
+except for a bounded `rejected` record, and the returned `Outcome` says why. A command id
+already applied is a no-op (pysyncobj may commit a command whose outcome looked ambiguous).
+
+Release states, in order: running_old_release -> downloaded_in_leader -> verified ->
+rolling (batch k of n) -> current. Any failure -> rolling_back -> rolled_back.
+Operator states: paused (from any pre-terminal forward state), aborted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+RUNNING_OLD = "running_old_release"
+DOWNLOADED = "downloaded_in_leader"
+VERIFIED = "verified"
+ROLLING = "rolling"
+CURRENT = "current"
+ROLLING_BACK = "rolling_back"
+ROLLED_BACK = "rolled_back"
+PAUSED = "paused"
+ABORTED = "aborted"
+
+STATES = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING, CURRENT, ROLLING_BACK, ROLLED_BACK, PAUSED, ABORTED)
+TERMINAL = frozenset({CURRENT, ROLLED_BACK, ABORTED})
+FORWARD = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING)  # states a release can be paused in
+
+# Host statuses inside a release.
+PENDING = "pending"          # not touched yet
+UPDATED = "updated"          # runs the new version, checks passed
+FAILED = "failed"            # install/restart/pre-flight failed
+REVERT = "revert_pending"    # must return to the previous version
+REVERTED = "reverted"
+REVERT_FAILED = "revert_failed"
+SKIPPED = "skipped"          # never touched: nothing to revert
+
+HISTORY_LIMIT = 200
+REJECTED_LIMIT = 50
+APPLIED_LIMIT = 512
+
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `apply` did with one command."""
+
+    code: str  # "accepted" | "noop" | "conflict" | "invalid" | "duplicate"
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code in ("accepted", "noop", "duplicate")
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Compare dotted versions: numeric parts numerically ("2.4" < "2.10"), others as text."""
+
+    def key(v: str) -> list[tuple[int, int, str]]:
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.+-]", v)]
+
+    ka, kb = key(a), key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def valid_version(v: Any) -> bool:
+    return isinstance(v, str) and bool(_VERSION_RE.match(v)) and v not in (".", "..")
+
+
+def initial_state(group: str) -> dict[str, Any]:
+    return {
+        "group": group,
+        "current_version": None,   # what the whole group runs
+        "highest_version": None,   # highest version the group ever completed (anti-rollback)
+        "release": None,
+        "releases_started": 0,
+        "seq": 0,
+        "history": [],
+        "rejected": [],
+        "applied": [],
+    }
+
+
+def plan_batches(members: list[str], leader: str | None, fraction: float, canary: bool) -> list[list[str]]:
+    """Batches of ceil(N * fraction) hosts (at least one), optional canary of one, leader last."""
+    ordered = sorted(m for m in members if m != leader)
+    if leader in members:
+        ordered.append(leader)
+    if not ordered:
+        return []
+    batches: list[list[str]] = []
+    if canary and len(ordered) > 1:
+        batches.append([ordered.pop(0)])
+    size = max(1, math.ceil(len(members) * fraction))
+    batches.extend(ordered[i:i + size] for i in range(0, len(ordered), size))
+    return batches
+
+
+def is_active(state: dict[str, Any]) -> bool:
+    release = state.get("release")
+    return bool(release) and release["state"] not in TERMINAL
+
+
+def open_batch_hosts(state: dict[str, Any]) -> list[str]:
+    """Hosts that must act now: the open install batch, or the open rollback batch."""
+    release = state.get("release")
+    if not release:
+        return []
+    if release["state"] == ROLLING and release["batch"] is not None:
+        return [h for h in release["batches"][release["batch"]] if release["hosts"][h]["status"] == PENDING]
+    if release["state"] == ROLLING_BACK and release["rollback"]:
+        return [h for h in release["rollback"][0] if release["hosts"][h]["status"] == REVERT]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# apply
+
+
+def apply(state: dict[str, Any], cmd: Any) -> tuple[dict[str, Any], Outcome]:
+    """Apply one command; return the new state (the input is never mutated) and the outcome."""
+    if not isinstance(cmd, dict) or not isinstance(cmd.get("op"), str):
+        return _reject(state, cmd, "invalid", "command must be a dict with an 'op'")
+    if cmd.get("id") is not None and cmd["id"] in state["applied"]:
+        return state, Outcome("duplicate", "operation already applied")
+    handler = _HANDLERS.get(cmd["op"])
+    if handler is None:
+        return _reject(state, cmd, "invalid", f"unknown op {cmd['op']!r}")
+    new = copy.deepcopy(state)
+    try:
+        outcome = handler(new, cmd)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        return _reject(state, cmd, "invalid", f"malformed {cmd['op']} command: {exc!r}")
+    if outcome.code not in ("accepted", "noop"):
+        return _reject(state, cmd, outcome.code, outcome.reason)
+    if cmd.get("id") is not None:
+        new["applied"] = (new["applied"] + [cmd["id"]])[-APPLIED_LIMIT:]
+    return new, outcome
+
+
+def _reject(state: dict[str, Any], cmd: Any, code: str, reason: str) -> tuple[dict[str, Any], Outcome]:
+    new = dict(state)  # shallow: only 'rejected', 'seq' and 'applied' change
+    new["seq"] = state["seq"] + 1
+    entry = {"seq": new["seq"], "reason": reason, "code": code}
+    if isinstance(cmd, dict):
+        entry.update({k: cmd.get(k) for k in ("op", "id", "actor", "time", "term")})
+        if cmd.get("id") is not None:
+            new["applied"] = (state["applied"] + [cmd["id"]])[-APPLIED_LIMIT:]
+    new["rejected"] = (state["rejected"] + [entry])[-REJECTED_LIMIT:]
+    return new, Outcome(code, reason)
+
+
+def _record(state: dict[str, Any], cmd: dict[str, Any], frm: str | None, detail: str = "") -> None:
+    state["seq"] += 1
+    release = state["release"]
+    entry = {
+        "seq": state["seq"], "time": cmd.get("time"), "term": cmd.get("term"), "actor": cmd.get("actor"),
+        "op": cmd["op"], "release": release["id"] if release else None,
+        "from": frm, "to": release["state"] if release else None, "detail": detail,
+    }
+    state["history"] = (state["history"] + [entry])[-HISTORY_LIMIT:]
+    if release:
+        release["updated_at"] = cmd.get("time")
+
+
+def _release_for(state: dict[str, Any], cmd: dict[str, Any]) -> dict[str, Any] | None:
+    release = state["release"]
+    if release is None or cmd.get("release") != release["id"]:
+        return None
+    return release
+
+
+def _fence(release: dict[str, Any], cmd: dict[str, Any]) -> Outcome | None:
+    """Leader commands from an older Raft term than the release has seen are stale."""
+    term = int(cmd.get("term") or 0)
+    if term < release["term"]:
+        return Outcome("invalid", f"stale leader command from term {term} < {release['term']}")
+    release["term"] = term
+    return None
+
+
+# --- operator commands -----------------------------------------------------------------------
+
+
+def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    version = cmd["version"]
+    if not valid_version(version):
+        return Outcome("invalid", f"version {version!r} is not a valid version string")
+    members = cmd["members"]
+    if not members or not all(isinstance(m, str) for m in members) or len(set(members)) != len(members):
+        return Outcome("invalid", "members must be a non-empty list of distinct node ids")
+    fraction = float(cmd.get("batch_fraction", 0.1))
+    if not 0 < fraction <= 1:
+        return Outcome("invalid", f"batch_fraction must be in (0, 1], got {fraction}")
+    release = state["release"]
+    if release and release["state"] not in TERMINAL:
+        if release["version"] == version:
+            return Outcome("noop", f"release {version} already in progress ({release['state']})")
+        return Outcome("conflict", f"release {release['version']} is in progress ({release['state']})")
+    if version == state["current_version"] and not cmd.get("allow_downgrade"):
+        return Outcome("noop", f"group already runs {version}")
+    highest = state["highest_version"]
+    if highest and compare_versions(version, highest) < 0 and not cmd.get("allow_downgrade"):
+        return Outcome("invalid", f"version {version} is lower than {highest}, the highest the group ran "
+                       "(rollback protection); ask for allow_downgrade to go back on purpose")
+    _new_release(state, cmd, version, sorted(members), fraction, bool(cmd.get("canary")), attempt=1)
+    return Outcome("accepted")
+
+
+def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, members: list[str],
+                 fraction: float, canary: bool, attempt: int) -> None:
+    state["releases_started"] += 1
+    prev = state["release"]["state"] if state["release"] else None
+    state["release"] = {
+        "id": f"{version}#{state['releases_started']}",
+        "version": version,
+        "previous_version": state["current_version"],
+        "allow_downgrade": bool(cmd.get("allow_downgrade")),
+        "attempt": attempt,
+        "state": RUNNING_OLD,
+        "paused_from": None,
+        "members": members,
+        "batch_fraction": fraction,
+        "canary": canary,
+        "batches": [],
+        "batch": None,
+        "rollback": [],
+        "hosts": {m: {"status": PENDING, "version": state["current_version"], "step": None, "detail": None}
+                  for m in members},
+        "artifact": None,
+        "holders": [],
+        "failure": None,
+        "started_at": cmd.get("time"),
+        "updated_at": cmd.get("time"),
+        "step_started_at": cmd.get("time"),
+        "term": int(cmd.get("term") or 0),
+    }
+    _record(state, cmd, prev, f"start {version}")
+
+
+def _pause(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = state["release"]
+    if release is None:
+        return Outcome("invalid", "no release to pause")
+    if release["state"] == PAUSED:
+        return Outcome("noop", "already paused")
+    if release["state"] not in FORWARD:
+        return Outcome("conflict", f"cannot pause a release in state {release['state']}")
+    release["paused_from"], frm = release["state"], release["state"]
+    release["state"] = PAUSED
+    _record(state, cmd, frm)
+    return Outcome("accepted")
+
+
+def _resume(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = state["release"]
+    if release is None:
+        return Outcome("invalid", "no release to resume")
+    if release["state"] in FORWARD:
+        return Outcome("noop", f"release is not paused ({release['state']})")
+    if release["state"] != PAUSED:
+        return Outcome("conflict", f"cannot resume a release in state {release['state']}"
+                       + (" (use retry)" if release["state"] == ROLLED_BACK else ""))
+    release["state"], release["paused_from"] = release["paused_from"], None
+    release["step_started_at"] = cmd.get("time")
+    _record(state, cmd, PAUSED)
+    if release["state"] == ROLLING:
+        _advance(state, cmd)
+    return Outcome("accepted")
+
+
+def _abort(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = state["release"]
+    if release is None:
+        return Outcome("invalid", "no release to abort")
+    if release["state"] == ABORTED:
+        return Outcome("noop", "already aborted")
+    if release["state"] == CURRENT:
+        return Outcome("conflict", "release is already current; start a new release instead")
+    frm = release["state"]
+    release["state"] = ABORTED
+    _record(state, cmd, frm, cmd.get("reason") or "aborted by operator")
+    return Outcome("accepted")
+
+
+def _retry(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = state["release"]
+    if release is None or release["state"] != ROLLED_BACK:
+        got = release["state"] if release else "no release"
+        return Outcome("conflict", f"retry needs a rolled_back release, got {got}")
+    _new_release(state, {**cmd, "allow_downgrade": release["allow_downgrade"]}, release["version"],
+                 release["members"], release["batch_fraction"], release["canary"], release["attempt"] + 1)
+    return Outcome("accepted")
+
+
+# --- leader commands -------------------------------------------------------------------------
+
+
+def _downloaded(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != RUNNING_OLD:
+        return Outcome("invalid", "downloaded: release not in running_old_release")
+    fenced = _fence(release, cmd)
+    if fenced:
+        return fenced
+    artifact = cmd["artifact"]
+    release["artifact"] = {k: artifact[k] for k in ("sha256", "size", "file", "manifest", "mirror")}
+    release["holders"] = [cmd["actor"]]
+    release["batches"] = plan_batches(release["members"], cmd["actor"], release["batch_fraction"],
+                                      release["canary"])
+    release["state"] = DOWNLOADED
+    release["step_started_at"] = cmd.get("time")
+    _record(state, cmd, RUNNING_OLD, f"from {artifact.get('mirror')}")
+    return Outcome("accepted")
+
+
+def _verified(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != DOWNLOADED:
+        return Outcome("invalid", "verified: release not in downloaded_in_leader")
+    fenced = _fence(release, cmd)
+    if fenced:
+        return fenced
+    if cmd["actor"] not in release["holders"]:
+        release["holders"].append(cmd["actor"])
+    release["state"] = VERIFIED
+    release["step_started_at"] = cmd.get("time")
+    _record(state, cmd, DOWNLOADED)
+    return Outcome("accepted")
+
+
+def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != VERIFIED:
+        return Outcome("invalid", "open_batch: release not verified")
+    fenced = _fence(release, cmd)
+    if fenced:
+        return fenced
+    release["state"], release["batch"] = ROLLING, 0
+    release["step_started_at"] = cmd.get("time")
+    _record(state, cmd, VERIFIED, f"batch 1 of {len(release['batches'])}")
+    _advance(state, cmd)  # an empty first batch cannot happen, but stay total
+    return Outcome("accepted")
+
+
+def _fail(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A leader-observed failure (download, verify, deadline): roll back."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] not in FORWARD + (PAUSED,):
+        return Outcome("invalid", "fail: no release in a forward state")
+    fenced = _fence(release, cmd)
+    if fenced:
+        return fenced
+    _begin_rollback(state, cmd, {"host": cmd["host"], "step": cmd["step"], "reason": cmd["reason"]})
+    return Outcome("accepted")
+
+
+# --- member reports --------------------------------------------------------------------------
+
+
+def _host_done(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    release = _release_for(state, cmd)
+    if release is None:
+        return Outcome("invalid", "host_done: not the current release")
+    host, phase, ok = cmd["host"], cmd["phase"], bool(cmd["ok"])
+    if host not in release["hosts"]:
+        return Outcome("invalid", f"host_done: {host} is not a member of the release")
+    entry = release["hosts"][host]
+    if phase == "install":
+        in_batch = release["batch"] is not None and host in release["batches"][release["batch"]]
+        if release["state"] not in (ROLLING, PAUSED) or not in_batch or entry["status"] != PENDING:
+            return Outcome("invalid", f"host_done(install): {host} has no open install step")
+        entry.update(status=UPDATED if ok else FAILED, step=cmd.get("step"), detail=cmd.get("reason"))
+        if ok:
+            entry["version"] = release["version"]
+            if host not in release["holders"]:
+                release["holders"].append(host)
+            _record(state, cmd, release["state"], f"{host} updated")
+            if release["state"] == ROLLING:
+                _advance(state, cmd)
+        else:
+            _begin_rollback(state, cmd, {"host": host, "step": cmd.get("step"), "reason": cmd.get("reason")})
+        return Outcome("accepted")
+    if phase == "revert":
+        if release["state"] != ROLLING_BACK or entry["status"] != REVERT or host not in release["rollback"][0]:
+            return Outcome("invalid", f"host_done(revert): {host} has no open revert step")
+        entry.update(status=REVERTED if ok else REVERT_FAILED, step=cmd.get("step"), detail=cmd.get("reason"))
+        entry["version"] = release["previous_version"] if ok else entry["version"]
+        _record(state, cmd, ROLLING_BACK, f"{host} {'reverted' if ok else 'revert failed'}")
+        _advance_rollback(state, cmd)
+        return Outcome("accepted")
+    return Outcome("invalid", f"host_done: unknown phase {phase!r}")
+
+
+def _revert_timeout(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The leader gives up on hosts of the open rollback batch that missed their deadline."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != ROLLING_BACK or not release["rollback"]:
+        return Outcome("invalid", "revert_timeout: no open rollback batch")
+    fenced = _fence(release, cmd)
+    if fenced:
+        return fenced
+    for host in release["rollback"][0]:
+        if release["hosts"][host]["status"] == REVERT:
+            release["hosts"][host].update(status=REVERT_FAILED, step="deadline", detail=cmd["reason"])
+    _record(state, cmd, ROLLING_BACK, cmd["reason"])
+    _advance_rollback(state, cmd)
+    return Outcome("accepted")
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+
+def _advance(state: dict[str, Any], cmd: dict[str, Any]) -> None:
+    """Open the next batch when every host of the open batch is updated; finish after the last."""
+    release = state["release"]
+    while release["state"] == ROLLING:
+        batch = release["batches"][release["batch"]]
+        if any(release["hosts"][h]["status"] != UPDATED for h in batch):
+            return
+        if release["batch"] + 1 < len(release["batches"]):
+            release["batch"] += 1
+            release["step_started_at"] = cmd.get("time")
+            _record(state, cmd, ROLLING, f"batch {release['batch'] + 1} of {len(release['batches'])}")
+            continue
+        release["state"] = CURRENT
+        state["current_version"] = release["version"]
+        highest = state["highest_version"]
+        if highest is None or compare_versions(release["version"], highest) > 0:
+            state["highest_version"] = release["version"]
+        _record(state, cmd, ROLLING, f"all {len(release['members'])} hosts run {release['version']}")
+
+
+def _begin_rollback(state: dict[str, Any], cmd: dict[str, Any], failure: dict[str, Any]) -> None:
+    """Every host that may have touched the new version returns to the previous one, newest batch first."""
+    release = state["release"]
+    frm = release["state"]
+    release["failure"] = failure
+    release["state"], release["paused_from"] = ROLLING_BACK, None
+    opened = release["batch"] if release["batch"] is not None else -1
+    rollback = []
+    for index in range(opened, -1, -1):
+        hosts = [h for h in release["batches"][index] if release["hosts"][h]["status"] in (PENDING, UPDATED, FAILED)]
+        for h in hosts:
+            release["hosts"][h]["status"] = REVERT
+        if hosts:
+            rollback.append(hosts)
+    for entry in release["hosts"].values():
+        if entry["status"] == PENDING:
+            entry["status"] = SKIPPED
+    release["rollback"] = rollback
+    release["step_started_at"] = cmd.get("time")
+    _record(state, cmd, frm, f"{failure['host']} failed at {failure['step']}: {failure['reason']}")
+    _advance_rollback(state, cmd)
+
+
+def _advance_rollback(state: dict[str, Any], cmd: dict[str, Any]) -> None:
+    release = state["release"]
+    while release["rollback"] and all(release["hosts"][h]["status"] != REVERT for h in release["rollback"][0]):
+        release["rollback"].pop(0)
+        release["step_started_at"] = cmd.get("time")
+    if not release["rollback"]:
+        release["state"] = ROLLED_BACK
+        _record(state, cmd, ROLLING_BACK, "group back on " + str(release["previous_version"]))
+
+
+_HANDLERS = {
+    "start": _start,
+    "pause": _pause,
+    "resume": _resume,
+    "abort": _abort,
+    "retry": _retry,
+    "downloaded": _downloaded,
+    "verified": _verified,
+    "open_batch": _open_batch,
+    "fail": _fail,
+    "host_done": _host_done,
+    "revert_timeout": _revert_timeout,
+}
+OPS = tuple(sorted(_HANDLERS))
