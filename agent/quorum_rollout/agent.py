@@ -1,0 +1,121 @@
+"""The agent process: Raft node + coordinator + worker + API, stopped cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from . import api, artifacts, install, signing
+from .config import AgentConfig, read_secret, read_token
+from .coordinator import Coordinator, RegistryReporter
+from .group import GroupNode
+from .log import event, get_logger
+from .registry import Registry
+from .worker import Worker
+
+log = get_logger("quorum_rollout.agent")
+
+
+def trust_policy(cfg: AgentConfig) -> signing.TrustPolicy:
+    keys = {k.id: k.public_key for k in cfg.artifacts.trusted_keys}
+    return signing.TrustPolicy(keys, cfg.artifacts.key_threshold, frozenset(cfg.artifacts.revoked_keys))
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        # Both raise ConfigError naming the file when missing, too open or too short.
+        self.secret = read_secret(cfg.raft.secret_file)
+        self.token = read_token(cfg.api.token_file)
+        data = Path(cfg.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o700)
+        self.store = artifacts.Store(data / "store")
+        self.policy = trust_policy(cfg)
+        self.uploads = threading.BoundedSemaphore(cfg.artifacts.max_peer_uploads)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._loops: list[threading.Thread] = []
+        self.reporter = RegistryReporter(Registry(cfg.registry), cfg.group)
+        self.node = GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
+                              peers=[p.address for p in cfg.raft.peers], secret=self.secret,
+                              data_dir=str(data / "raft"), on_change=self._wake_all)
+        self._events = [threading.Event(), threading.Event()]
+        self.coordinator = Coordinator(self.node, cfg, self.store, self.policy, self.reporter, self.secret)
+        self.worker = Worker(self.node, cfg, self.store, self.policy, self.secret)
+        self.server = api.serve(self)
+        for name, step, wake in (("coordinator", self.coordinator.step, self._events[0]),
+                                 ("worker", self.worker.step, self._events[1])):
+            thread = threading.Thread(target=self._loop, args=(name, step, wake), name=name, daemon=True)
+            thread.start()
+            self._loops.append(thread)
+        event(log, "agent_started", group=cfg.group, node=cfg.node_id, raft=cfg.raft.address,
+              api=f"{cfg.api.bind}:{cfg.api.port}", peers=len(cfg.raft.peers))
+
+    def _wake_all(self) -> None:
+        # Runs on the Raft thread: only set events, never block.
+        for ev in getattr(self, "_events", ()):
+            ev.set()
+
+    def _loop(self, name: str, step: Callable[[], None], wake: threading.Event) -> None:
+        while not self._stop.is_set():
+            wake.wait(timeout=0.5)  # periodic pass for deadlines and retries
+            wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                step()
+            except Exception as exc:  # a bug must not kill the loop; it is logged with context
+                event(log, f"{name}_error", level="error", group=self.cfg.group, node=self.cfg.node_id,
+                      cause=repr(exc), exc_info=True)
+
+    # -- used by the API -----------------------------------------------------------------------
+
+    def members(self) -> list[str]:
+        return sorted([self.cfg.node_id] + [p.id for p in self.cfg.raft.peers])
+
+    def start_release(self, version: str, allow_downgrade: bool) -> dict[str, str]:
+        return self.node.propose("start", timeout=5.0, version=version, members=self.members(),
+                                 batch_fraction=self.cfg.rollout.batch_fraction,
+                                 canary=self.cfg.rollout.canary, allow_downgrade=allow_downgrade)
+
+    def running_version(self) -> str | None:
+        return install.current_version(Path(self.cfg.install.root))
+
+    def bandwidth_limiter(self) -> Any:
+        limit = self.cfg.artifacts.bandwidth_limit
+        return artifacts.TokenBucket(limit) if limit else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake_all()
+        self.server.shutdown()
+        self.server.server_close()
+        for thread in self._loops:
+            thread.join(timeout=10)
+        self.node.stop()
+        self.reporter.stop()
+        event(log, "agent_stopped", group=self.cfg.group, node=self.cfg.node_id)
+
+
+def run(cfg: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        event(log, "signal", signal=signal.Signals(signum).name, group=cfg.group, node=cfg.node_id)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent = Agent(cfg)
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+    return 0

@@ -1,0 +1,311 @@
+"""`quorum-rollout` command line: agent, service, status, release, keygen, sign, verify, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from . import __version__, signing
+from .config import AgentConfig, ConfigError, load_config, read_token
+from .log import setup_logging
+
+# --------------------------------------------------------------------------------------------
+# talking to an agent
+
+
+def _client(args: argparse.Namespace) -> tuple[str, dict[str, str], Any]:
+    """URL, headers and TLS verify setting from -c FILE or --url/--token-file."""
+    if args.config:
+        cfg = load_config(args.config)
+        url = args.url or cfg.api.url
+        token = read_token(args.token_file or cfg.api.token_file)
+    else:
+        url = args.url or os.environ.get("QUORUM_ROLLOUT_API_URL")
+        token_file = args.token_file or os.environ.get("QUORUM_ROLLOUT_API_TOKEN_FILE")
+        if not url or not token_file:
+            raise SystemExit("error: give -c AGENT_CONFIG, or --url and --token-file "
+                             "(or QUORUM_ROLLOUT_API_URL / QUORUM_ROLLOUT_API_TOKEN_FILE)")
+        token = read_token(token_file)
+    return url.rstrip("/"), {"Authorization": f"Bearer {token}"}, args.ca_path or True
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    url, headers, verify = _client(args)
+    try:
+        resp = requests.request(method, url + path, json=body, headers=headers, verify=verify, timeout=args.timeout)
+    except requests.RequestException as exc:
+        raise SystemExit(f"error: cannot reach the agent at {url}: {exc}") from None
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise SystemExit(f"error: {resp.status_code} from {url}{path} is not JSON") from None
+    if resp.status_code >= 400:
+        detail = json.dumps(doc.get("detail") or {})
+        raise SystemExit(f"error: {resp.status_code} {doc.get('error')} {detail}")
+    return doc
+
+
+def _render_status(doc: dict[str, Any]) -> str:
+    node, state = doc["node"], doc["state"]
+    release = state["release"]
+    lines = [
+        f"group {doc['group']}  node {node['id']} ({node['role']}, term {node['term']}, "
+        f"leader {node['leader'] or '-'})  group runs {state['current_version'] or '-'}",
+    ]
+    if not release:
+        lines.append("no release yet")
+        return "\n".join(lines)
+    batch = release["batch"]
+    progress = f"batch {batch + 1}/{len(release['batches'])}" if batch is not None else "-"
+    lines.append(f"release {release['id']}  state {release['state']}  {progress}")
+    if release["failure"]:
+        f = release["failure"]
+        lines.append(f"failure: host {f['host']} at {f['step']}: {f['reason']}")
+    lines.append(f"{'HOST':<20} {'STATUS':<15} {'VERSION':<12} STEP")
+    for host, entry in sorted(release["hosts"].items()):
+        lines.append(f"{host:<20} {entry['status']:<15} {entry['version'] or '-'!s:<12} {entry['step'] or ''}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = _call(args, "GET", "/v1/status")
+    print(json.dumps(doc, indent=2) if args.json else _render_status(doc))
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    doc = _call(args, "POST", "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade})
+    print(json.dumps(doc, indent=2) if args.json else
+          f"{'started' if doc['changed'] else 'unchanged'}: {doc['reason'] or doc['release']['id']}")
+    return 0
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    doc = _call(args, "POST", f"/v1/releases/current/{args.action}")
+    print(json.dumps(doc, indent=2) if args.json else f"{args.action}: {'done' if doc['changed'] else doc['reason']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# agent process
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import run
+
+    cfg = load_config(args.config)
+    setup_logging(cfg.log_level)
+    return run(cfg)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok (group {cfg.group}, node {cfg.node_id}, {len(cfg.raft.peers)} peers)")
+    return 0
+
+
+def _pidfile(cfg: AgentConfig) -> Path:
+    return Path(cfg.data_dir) / "agent.pid"
+
+
+def _running_pid(cfg: AgentConfig) -> int | None:
+    try:
+        pid = int(_pidfile(cfg).read_text().strip())
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"quorum" in cmdline else None
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """A minimal service manager for hosts without systemd as PID 1 (containers, tests, demos)."""
+    cfg = load_config(args.config)
+    pid = _running_pid(cfg)
+    if args.action == "status":
+        print(f"running (pid {pid})" if pid else "stopped")
+        return 0 if pid else 3
+    if args.action in ("stop", "restart") and pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.wait
+        while _running_pid(cfg) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _running_pid(cfg):
+            os.kill(pid, signal.SIGKILL)
+        _pidfile(cfg).unlink(missing_ok=True)
+        pid = None
+    if args.action == "stop":
+        return 0
+    if pid:
+        print(f"already running (pid {pid})")
+        return 0
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    logfile = Path(cfg.data_dir) / "agent.log"
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "quorum_rollout", "agent", "-c", args.config],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    _pidfile(cfg).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + args.wait
+    token = read_token(cfg.api.token_file)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"error: agent exited with {proc.returncode}; log {logfile}:\n{tail}")
+        try:
+            requests.get(cfg.api.url + "/v1/status", headers={"Authorization": f"Bearer {token}"},
+                         timeout=1, verify=False)  # noqa: S501
+            print(f"started (pid {proc.pid}), log {logfile}")
+            return 0
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise SystemExit(f"error: agent (pid {proc.pid}) did not answer on {cfg.api.url} within {args.wait}s; "
+                     f"see {logfile}")
+
+
+# --------------------------------------------------------------------------------------------
+# keys and manifests
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    private_pem, public_b64 = signing.generate_keypair()
+    key_path, pub_path = Path(args.out + ".key"), Path(args.out + ".pub")
+    if key_path.exists() and not args.force:
+        raise SystemExit(f"error: {key_path} exists; use --force to overwrite")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem)
+    pub_path.write_text(public_b64 + "\n")
+    print(json.dumps({"private_key": str(key_path), "public_key": public_b64, "id": signing.key_id(public_b64)}))
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    artifact = Path(args.artifact)
+    signed = signing.build_signed(artifact, args.name, args.version, expires_in=args.expires_days * 86400,
+                                  targets=args.target or None, now=time.time())
+    manifest = signing.sign(signed, [signing.load_private_key(k) for k in args.key])
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if args.mirror_dir:
+        dest = Path(args.mirror_dir) / args.name / args.version
+        dest.mkdir(parents=True, exist_ok=True)
+        if artifact.resolve() != (dest / artifact.name).resolve():
+            shutil.copyfile(artifact, dest / artifact.name)
+        (dest / "manifest.json").write_text(text)
+        print(f"published {dest / 'manifest.json'} and {dest / artifact.name}")
+    elif args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    keys = {signing.key_id(k): k for k in (Path(p).read_text().strip() for p in args.trusted_key)}
+    policy = signing.TrustPolicy(keys, args.threshold, frozenset())
+    manifest = signing.verify_manifest(Path(args.manifest).read_bytes(), policy, now=time.time(),
+                                       name=args.name, version=args.version, group=args.group)
+    if args.artifact:
+        signing.verify_file(Path(args.artifact), manifest)
+    print(f"ok: {manifest.name} {manifest.version} sha256 {manifest.sha256}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="agent config file (gives the URL and token file)")
+    p.add_argument("--url", help="agent API URL (default from -c, or $QUORUM_ROLLOUT_API_URL)")
+    p.add_argument("--token-file", help="API token file (default from -c)")
+    p.add_argument("--ca-path", help="CA bundle for an agent API with TLS")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="quorum-rollout", description=__doc__)
+    ap.add_argument("--version", action="version", version=__version__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("agent", help="run the agent in the foreground")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("service", help="start/stop the agent as a background process (no systemd)")
+    p.add_argument("action", choices=["start", "stop", "restart", "status"])
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for start/stop")
+    p.set_defaults(func=cmd_service)
+
+    p = sub.add_parser("check-config", help="validate an agent config file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("status", help="show the group's replicated release state")
+    _api_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("release", help="start a release of VERSION in the group")
+    p.add_argument("version")
+    p.add_argument("--allow-downgrade", action="store_true")
+    _api_args(p)
+    p.set_defaults(func=cmd_release)
+
+    for action in ("pause", "resume", "abort", "retry"):
+        p = sub.add_parser(action, help=f"{action} the group's current release")
+        _api_args(p)
+        p.set_defaults(func=cmd_action, action=action)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (OUT.key, OUT.pub)")
+    p.add_argument("--out", required=True, help="path prefix")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("sign", help="write a signed manifest for an artifact")
+    p.add_argument("artifact")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--key", action="append", required=True, help="private key (repeat for k-of-n)")
+    p.add_argument("--expires-days", type=float, default=30.0)
+    p.add_argument("--target", action="append", help="group pattern this release is for (repeatable)")
+    p.add_argument("--mirror-dir", help="publish artifact + manifest in mirror layout under this dir")
+    p.add_argument("-o", "--output", help="manifest path (default stdout)")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("verify", help="verify a manifest (and artifact) against trusted keys")
+    p.add_argument("manifest")
+    p.add_argument("--artifact")
+    p.add_argument("--trusted-key", action="append", required=True, help="public key file (base64)")
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--name")
+    p.add_argument("--version")
+    p.add_argument("--group")
+    p.set_defaults(func=cmd_verify)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except signing.TrustError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Member side effects: install or revert this host when its batch is open, then report.
+
+The worker reads committed state only. Its step for a host is keyed by release id + phase
+and is idempotent: the host's `current` symlink is the truth of what it runs, so a worker
+that crashed after switching reports without installing again. Reports are replicated
+commands with deterministic operation ids, retried until committed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import artifacts, checks, fsm, install, signing
+from .config import AgentConfig
+from .coordinator import ensure_artifact
+from .group import GroupNode, ProposalError
+from .log import event, get_logger
+
+log = get_logger("quorum_rollout.worker")
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class Worker:
+    def __init__(self, node: GroupNode, cfg: AgentConfig, store: artifacts.Store,
+                 policy: signing.TrustPolicy, secret: bytes) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.store = store
+        self.policy = policy
+        self.secret = secret
+        self.host = cfg.node_id
+        self.root = Path(cfg.install.root)
+        self._reported: set[str] = set()
+
+    def step(self) -> None:
+        state = self.node.state
+        release = state["release"]
+        if not release or self.host not in fsm.open_batch_hosts(state):
+            return
+        phase = "install" if release["state"] == fsm.ROLLING else "revert"
+        op_id = f"{release['id']}:{self.host}:{phase}"
+        if op_id in self._reported:
+            return  # reported; waiting for the commit to show up
+        fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "host": self.host,
+                  "term": release["term"]}
+        try:
+            if phase == "install":
+                self._install(state, release, fields)
+            else:
+                self._revert(release, fields)
+            ok, step, reason = True, "done", None
+        except StepFailed as exc:
+            ok, step, reason = False, exc.step, exc.reason
+            event(log, f"{phase}_failed", level="error", step=step, cause=reason, **fields)
+        self._report(release, phase, op_id, ok, step, reason, fields)
+
+    # -- install -------------------------------------------------------------------------------
+
+    def _install(self, state: dict[str, Any], release: dict[str, Any], fields: dict[str, Any]) -> None:
+        version = release["version"]
+        try:
+            manifest, path = ensure_artifact(self, state, release)
+            signing.verify_file(path, manifest)
+        except signing.TrustError as exc:
+            raise StepFailed("verify", str(exc)) from exc
+        except (artifacts.ArtifactError, OSError) as exc:
+            raise StepFailed("fetch", str(exc)) from exc
+        if install.current_version(self.root) == version:
+            event(log, "install_skipped", step="install", cause="current already points to this version", **fields)
+        else:
+            try:
+                install.install_release(self.root, version, path)
+                previous = install.activate(self.root, version)
+            except (install.InstallError, OSError) as exc:
+                raise StepFailed("install", str(exc)) from exc
+            event(log, "activated", step="install", version=version, previous=previous, **fields)
+        self._restart(version, fields)
+        self._checks(version, fields)
+        event(log, "host_updated", step="preflight", version=version, **fields)
+
+    # -- revert --------------------------------------------------------------------------------
+
+    def _revert(self, release: dict[str, Any], fields: dict[str, Any]) -> None:
+        previous = release["previous_version"]
+        if previous is None:
+            # The group ran nothing before this release: stop the service and unlink `current`.
+            self._hook("stop", previous or "", fields)
+            try:
+                (self.root / "current").unlink(missing_ok=True)
+            except OSError as exc:
+                raise StepFailed("revert", str(exc)) from exc
+            event(log, "reverted", step="revert", version=None, **fields)
+            return
+        if install.current_version(self.root) != previous:
+            try:
+                install.activate(self.root, previous)
+            except (install.InstallError, OSError) as exc:
+                raise StepFailed("revert", f"cannot switch back to {previous}: {exc}") from exc
+            event(log, "activated", step="revert", version=previous, **fields)
+        self._restart(previous, fields)
+        self._checks(previous, fields)
+        event(log, "reverted", step="revert", version=previous, **fields)
+
+    # -- shared --------------------------------------------------------------------------------
+
+    def _hook(self, name: str, version: str, fields: dict[str, Any]) -> None:
+        command = getattr(self.cfg.install.hooks, name)
+        if not command:
+            return
+        try:
+            install.run_hook(name, command, version=version, root=str(self.root),
+                             timeout=self.cfg.install.hooks.timeout)
+        except install.HookFailed as exc:
+            raise StepFailed(name, str(exc)) from exc
+
+    def _restart(self, version: str, fields: dict[str, Any]) -> None:
+        if self.cfg.install.hooks.restart:
+            self._hook("restart", version, fields)
+        else:
+            self._hook("stop", version, fields)
+            self._hook("start", version, fields)
+
+    def _checks(self, version: str, fields: dict[str, Any]) -> None:
+        result = checks.run_checks(self.cfg.checks, version=version)
+        if not result.ok:
+            raise StepFailed(f"preflight:{result.name}", result.output)
+
+    def _report(self, release: dict[str, Any], phase: str, op_id: str, ok: bool, step: str,
+                reason: str | None, fields: dict[str, Any]) -> None:
+        """Commit the report; retry through elections until it is in (the op id makes it idempotent)."""
+        deadline = time.monotonic() + max(self.cfg.rollout.step_deadline, 30.0)
+        while time.monotonic() < deadline:
+            try:
+                result = self.node.propose("host_done", op_id=op_id, release=release["id"], host=self.host,
+                                           phase=phase, ok=ok, step=step, reason=reason)
+            except ProposalError as exc:
+                event(log, "report_retry", level="warning", step=phase, cause=str(exc), **fields)
+                time.sleep(0.2)
+                continue
+            self._reported.add(op_id)
+            if result["code"] not in ("accepted", "duplicate"):
+                event(log, "report_rejected", level="warning", step=phase, cause=result["reason"], **fields)
+            return
+        event(log, "report_gave_up", level="error", step=phase, cause="no leader accepted the report", **fields)
