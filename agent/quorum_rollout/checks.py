@@ -1,0 +1,123 @@
+"""Pre-flight checks run on a host after it switched to a release: command, http, tcp.
+
+Each check gets `retries` attempts (the total, including the first), `timeout` seconds per
+attempt and `interval` seconds between attempts. `{version}` in a check's command, url and
+expect_body is replaced by the release version. A failure's output says what was expected
+and what was got, e.g.
+
+    http://127.0.0.5:8080/health: expected status 200 and body containing '2.4', got 200 '{"version": "2.3"}'
+
+HTTP checks ignore proxy environment variables: they target the host's own services.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from .config import Check, parse_host_port
+from .install import run_shell
+
+BODY_LIMIT = 1 << 20     # bytes of an HTTP body read for matching
+SHOWN = 200              # characters of a body or command output shown in a failure
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    name: str
+    output: str
+    attempts: int
+
+
+def _excerpt(text: str, limit: int = SHOWN) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _command(check: Check, version: str) -> tuple[bool, str]:
+    command = (check.command or "").replace("{version}", version)
+    result = run_shell(command, env={"QR_VERSION": version}, timeout=check.timeout)
+    output = result.output.strip()
+    if result.rc == 0:
+        return True, output
+    got = f"timed out after {check.timeout:g}s" if result.rc is None else f"exit {result.rc}"
+    tail = output[-SHOWN:] if output else "(no output)"
+    return False, f"command {command!r}: expected exit 0, got {got}: {tail}"
+
+
+def _http(check: Check, version: str, session: requests.Session) -> tuple[bool, str]:
+    url = (check.url or "").replace("{version}", version)
+    body_wanted = check.expect_body.replace("{version}", version) if check.expect_body is not None else None
+    expected = f"expected status {check.expect_status}"
+    if body_wanted is not None:
+        expected += f" and body containing {body_wanted!r}"
+    try:
+        with session.get(url, timeout=check.timeout, stream=True, allow_redirects=True) as response:
+            raw = response.raw.read(BODY_LIMIT, decode_content=True) or b""
+            body = raw.decode(response.encoding or "utf-8", "replace")
+            status = response.status_code
+    except requests.RequestException as exc:
+        return False, f"{url}: {expected}, got no response ({type(exc).__name__}: {exc})"
+    if status == check.expect_status and (body_wanted is None or body_wanted in body):
+        return True, f"{url}: status {status} {_excerpt(body)}"
+    return False, f"{url}: {expected}, got {status} {_excerpt(body)}"
+
+
+def _tcp(check: Check) -> tuple[bool, str]:
+    address = check.address or ""
+    try:
+        host, port = parse_host_port(address)
+        with socket.create_connection((host, port), timeout=check.timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else str(exc)
+        return False, f"tcp {address}: expected a connection within {check.timeout:g}s, got {reason}"
+    return True, f"tcp {address}: connected"
+
+
+def run_check(check: Check, *, version: str, cancel: threading.Event | None = None) -> CheckResult:
+    """Run one check with its retries; `cancel` (set on shutdown) stops waiting between attempts."""
+    session = requests.Session()
+    session.trust_env = False
+    attempt, output = 0, ""
+    try:
+        for attempt in range(1, max(check.retries, 1) + 1):
+            if check.type == "command":
+                ok, output = _command(check, version)
+            elif check.type == "http":
+                ok, output = _http(check, version, session)
+            elif check.type == "tcp":
+                ok, output = _tcp(check)
+            else:
+                ok, output = False, f"unknown check type {check.type!r}: expected command, http or tcp"
+            if ok:
+                return CheckResult(True, check.name, output, attempt)
+            if attempt < check.retries:
+                wait = max(check.interval, 0.0)
+                if cancel is not None and cancel.wait(wait):
+                    break
+                if cancel is None:
+                    time.sleep(wait)
+    finally:
+        session.close()
+    return CheckResult(False, check.name, f"{output} (after {attempt} attempt{'s' if attempt != 1 else ''})",
+                       attempt)
+
+
+def run_checks(checks: tuple[Check, ...] | list[Check], *, version: str,
+               cancel: threading.Event | None = None) -> CheckResult:
+    """Run the checks in order; return the first failure, or an ok result named "all"."""
+    attempts, names = 0, []
+    for check in checks:
+        result = run_check(check, version=version, cancel=cancel)
+        attempts += result.attempts
+        if not result.ok:
+            return result
+        names.append(check.name)
+    summary = f"{len(names)} check{'s' if len(names) != 1 else ''} passed" + (f": {', '.join(names)}" if names else "")
+    return CheckResult(True, "all", summary, attempts)

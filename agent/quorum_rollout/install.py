@@ -1,0 +1,438 @@
+"""Releases on disk: `<root>/releases/<version>/` plus the atomic `<root>/current` symlink.
+
+* `install_release` unpacks a tar (plain/gz/bz2/xz) or zip archive into a fresh temporary
+  directory, refusing anything unsafe (`UnsafeArchive` names the member and the rule), writes
+  the `.quorum-complete` marker there and renames the directory into place, so a release
+  directory either is complete or does not exist. Installing again is a no-op.
+* `activate` points `current` at a complete release by renaming a new symlink over it
+  (`os.replace`): `current` is never missing, and it is the truth of what the host runs.
+* `run_hook` runs the configured stop/start/restart commands, each in its own process group.
+  A hook that starts a background process must redirect that process's output (e.g.
+  `nohup app >>app.log 2>&1 &`): the hook's own output goes to a temporary file.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import posixpath
+import re
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable
+
+COMPLETE_MARKER = ".quorum-complete"
+DEFAULT_MAX_BYTES = 4 * 1024**3
+DEFAULT_MAX_RATIO = 200
+OUTPUT_TAIL = 4096
+STALE_SECONDS = 3600.0
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_CHUNK = 1 << 20
+
+
+class InstallError(Exception):
+    """Installing, activating or hooking a release failed."""
+
+
+class UnsafeArchive(InstallError):
+    """The archive holds a member that must not be unpacked."""
+
+    def __init__(self, member: str, rule: str) -> None:
+        super().__init__(f"unsafe archive member {member!r}: {rule}")
+        self.member, self.rule = member, rule
+
+
+class HookFailed(InstallError):
+    """A hook exited non-zero (`rc`) or timed out (`rc` is None, `timeout` set)."""
+
+    def __init__(self, name: str, rc: int | None, output_tail: str, *, timeout: float | None = None) -> None:
+        what = f"timed out after {timeout:g}s and was killed" if rc is None else f"exited with status {rc}"
+        shown = output_tail.strip()[-1000:] or "(no output)"
+        super().__init__(f"hook {name!r} {what}; output: {shown}")
+        self.name, self.rc, self.output_tail, self.timeout = name, rc, output_tail, timeout
+
+
+def check_version(version: str) -> str:
+    """Return `version` if it is safe as a directory name, else raise `InstallError`."""
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise InstallError(f"invalid version {version!r}: use 1-64 characters from A-Z a-z 0-9 . _ + -, "
+                           "starting with a letter or digit")
+    return version
+
+
+def release_dir(root: str | os.PathLike[str], version: str) -> Path:
+    return Path(root) / "releases" / check_version(version)
+
+
+def is_complete(root: str | os.PathLike[str], version: str) -> bool:
+    return (release_dir(root, version) / COMPLETE_MARKER).is_file()
+
+
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- archives
+
+@dataclass
+class _Member:
+    name: str           # normalised relative path ("" for the archive's root entry)
+    kind: str           # file | dir | symlink | hardlink
+    size: int           # declared size of a file
+    mode: int           # permission bits from the archive
+    target: str = ""    # link target
+    opener: Callable[[], IO[bytes]] | None = None
+
+
+def _normalise(name: str, what: str = "path") -> str:
+    if name.startswith("/"):
+        raise UnsafeArchive(name, f"absolute {what} is not allowed")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(name, f"'..' in the {what} is not allowed")
+    return "/".join(parts)
+
+
+def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
+    for m in tf:
+        if m.ischr() or m.isblk() or m.isfifo():
+            raise UnsafeArchive(m.name, "device and fifo files are not allowed")
+        kinds = {"file": m.isreg(), "dir": m.isdir(), "symlink": m.issym(), "hardlink": m.islnk()}
+        kind = next((k for k, yes in kinds.items() if yes), None)
+        if kind is None:
+            raise UnsafeArchive(m.name, f"unsupported member type {m.type!r}")
+        opener = (lambda m=m: tf.extractfile(m)) if kind == "file" else None
+        yield _Member(m.name, kind, m.size if kind == "file" else 0, m.mode, m.linkname, opener)  # type: ignore[arg-type]
+
+
+def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
+    for info in zf.infolist():
+        name, full = info.filename, info.external_attr >> 16
+        if "\\" in name:
+            raise UnsafeArchive(name, "backslashes in zip member names are not allowed")
+        if info.flag_bits & 0x1:
+            raise UnsafeArchive(name, "encrypted members are not supported")
+        ftype = stat.S_IFMT(full)
+        if ftype in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            raise UnsafeArchive(name, "device, fifo and socket files are not allowed")
+        if info.is_dir() or ftype == stat.S_IFDIR:
+            yield _Member(name, "dir", 0, (full & 0o7777) or 0o755)
+        elif ftype == stat.S_IFLNK:
+            if info.file_size > 4096:
+                raise UnsafeArchive(name, "symlink target longer than 4096 bytes")
+            yield _Member(name, "symlink", 0, 0o777, zf.read(info).decode("utf-8", "surrogateescape"))
+        else:
+            yield _Member(name, "file", info.file_size, (full & 0o7777) or 0o644, "", lambda i=info: zf.open(i))
+
+
+class _Limit:
+    """Counts unpacked bytes against max_bytes and max_ratio x the archive size."""
+
+    def __init__(self, archive_size: int, max_bytes: int, max_ratio: float) -> None:
+        by_ratio = int(max_ratio * max(archive_size, 1))
+        self.limit, self.rule = min(
+            (max_bytes, f"unpacks to more than the {max_bytes}-byte limit (max_bytes)"),
+            (by_ratio, f"unpacks to more than {max_ratio:g}x the archive size of {archive_size} bytes (max_ratio)"))
+        self.total = 0
+
+    def add(self, member: str, count: int) -> None:
+        self.total += count
+        if self.total > self.limit:
+            raise UnsafeArchive(member, f"archive {self.rule}")
+
+
+def _validate(members: list[_Member], limit: _Limit) -> list[_Member]:
+    kinds: dict[str, str] = {}
+    result = []
+    for m in members:
+        original = m.name
+        m.name = _normalise(m.name)
+        if not m.name:
+            continue
+        if m.name == COMPLETE_MARKER:
+            raise UnsafeArchive(original, f"{COMPLETE_MARKER} is reserved for the installer")
+        if m.mode & (stat.S_ISUID | stat.S_ISGID):
+            raise UnsafeArchive(original, "setuid/setgid bits are not allowed")
+        parts = m.name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if kinds.setdefault(parent, "dir") != "dir":
+                raise UnsafeArchive(original, f"its parent {parent!r} is a {kinds[parent]}, not a directory")
+        if m.name in kinds and not (kinds[m.name] == "dir" and m.kind == "dir"):
+            raise UnsafeArchive(original, f"the path is already used by a {kinds[m.name]} in the archive")
+        if m.kind == "symlink":
+            if not m.target or m.target.startswith("/"):
+                raise UnsafeArchive(original, f"symlink target {m.target!r} is absolute or empty")
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(m.name), m.target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise UnsafeArchive(original, f"symlink target {m.target!r} escapes the release directory")
+        elif m.kind == "hardlink":
+            if m.target.startswith("/") or ".." in m.target.split("/"):
+                raise UnsafeArchive(original, f"hardlink target {m.target!r} escapes the release directory")
+            m.target = _normalise(m.target, "hardlink target")
+            if kinds.get(m.target) not in ("file", "hardlink"):
+                raise UnsafeArchive(original, f"hardlink target {m.target!r} is not a file earlier in the archive")
+        limit.add(original, m.size)
+        kinds[m.name] = m.kind
+        result.append(m)
+    return result
+
+
+def _write_file(m: _Member, dest: Path, limit: _Limit) -> None:
+    assert m.opener is not None
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    written = 0
+    with os.fdopen(fd, "wb") as out, m.opener() as src:
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > m.size:
+                raise UnsafeArchive(m.name, f"holds more bytes than its declared size of {m.size}")
+            limit.add(m.name, len(chunk))
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(dest, m.mode & 0o777)
+
+
+def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> None:
+    with open(archive, "rb") as fh:
+        is_zip = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    try:
+        opened: tarfile.TarFile | zipfile.ZipFile = zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InstallError(f"{archive}: not a readable tar or zip archive ({exc})") from None
+    with opened as arc:
+        try:
+            members = list(_zip_members(arc) if is_zip else _tar_members(arc))  # type: ignore[arg-type]
+            declared = _Limit(archive.stat().st_size, max_bytes, max_ratio)
+            members = _validate(members, declared)
+            written = _Limit(archive.stat().st_size, max_bytes, max_ratio)
+            dir_modes: list[tuple[Path, int]] = []
+            for m in sorted(members, key=lambda m: ("dir", "file", "hardlink", "symlink").index(m.kind)):
+                dest = target / m.name
+                dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if m.kind == "dir":
+                    dest.mkdir(exist_ok=True, mode=0o700)
+                    dir_modes.append((dest, m.mode))
+                elif m.kind == "file":
+                    _write_file(m, dest, written)
+                elif m.kind == "hardlink":
+                    os.link(target / m.target, dest, follow_symlinks=False)
+                else:
+                    os.symlink(m.target, dest)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, UnicodeError, zlib.error, lzma.LZMAError) as exc:
+            raise InstallError(f"{archive}: corrupt archive ({exc})") from None
+        except OSError as exc:
+            raise InstallError(f"{archive}: cannot unpack into {target}: {exc}") from None
+    real_root = os.path.realpath(target)
+    for m in members:
+        if m.kind == "symlink":
+            real = os.path.realpath(target / m.name)
+            if real != real_root and not real.startswith(real_root + os.sep):
+                raise UnsafeArchive(m.name, f"symlink target {m.target!r} escapes the release directory")
+    for path, mode in reversed(dir_modes):
+        os.chmod(path, (mode & 0o777) | 0o700)
+
+
+def install_release(root: str | os.PathLike[str], version: str, archive: str | os.PathLike[str], *,
+                    max_bytes: int = DEFAULT_MAX_BYTES, max_ratio: float = DEFAULT_MAX_RATIO) -> Path:
+    """Unpack `archive` as `<root>/releases/<version>/` (idempotent) and return that directory."""
+    dest = release_dir(root, version)
+    if (dest / COMPLETE_MARKER).is_file():
+        return dest
+    archive = Path(archive)
+    if not archive.is_file():
+        raise InstallError(f"archive {archive} does not exist")
+    releases = dest.parent
+    releases.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
+    try:
+        _unpack(archive, tmp, max_bytes, max_ratio)
+        marker = tmp / COMPLETE_MARKER
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write(f"{version}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if dest.exists() or dest.is_symlink():
+            _discard_incomplete(root, version, dest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if (dest / COMPLETE_MARKER).is_file():  # installed concurrently
+                return dest
+            raise
+        _fsync_dir(releases)
+        return dest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _discard_incomplete(root: str | os.PathLike[str], version: str, dest: Path) -> None:
+    if (dest / COMPLETE_MARKER).is_file():
+        return
+    if current_version(root) == version:
+        raise InstallError(f"{dest} is active but has no {COMPLETE_MARKER} marker; "
+                           "activate another release before reinstalling this one")
+    doomed = dest.parent / f".del-{version}-{secrets.token_hex(4)}"
+    os.rename(dest, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- current
+
+def current_version(root: str | os.PathLike[str]) -> str | None:
+    """The version `<root>/current` points at, or None when there is no `current` yet."""
+    link = Path(root) / "current"
+    try:
+        target = os.readlink(link)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InstallError(f"{link} is not a symlink ({exc.strerror}); move it away") from None
+    target_path = Path(target) if os.path.isabs(target) else Path(root) / target
+    if os.path.normpath(target_path.parent) != os.path.normpath(Path(root) / "releases"):
+        raise InstallError(f"{link} points to {target}, outside {Path(root) / 'releases'}")
+    return target_path.name
+
+
+def activate(root: str | os.PathLike[str], version: str) -> str | None:
+    """Point `current` at `releases/<version>` atomically; return the previous version (or None)."""
+    if not is_complete(root, version):
+        raise InstallError(f"release {version} is not completely installed in {release_dir(root, version)}; "
+                           "install it first")
+    previous = current_version(root)
+    if previous == version:
+        return previous
+    link = Path(root) / "current"
+    tmp = Path(root) / f"current.tmp-{secrets.token_hex(6)}"
+    os.symlink(f"releases/{version}", tmp)
+    try:
+        os.replace(tmp, link)
+    except OSError as exc:
+        tmp.unlink()
+        raise InstallError(f"cannot replace {link}: {exc.strerror}") from None
+    _fsync_dir(root)
+    return previous
+
+
+def list_releases(root: str | os.PathLike[str]) -> list[str]:
+    """Complete releases, newest install first."""
+    releases = Path(root) / "releases"
+    if not releases.is_dir():
+        return []
+    found = []
+    for entry in releases.iterdir():
+        marker = entry / COMPLETE_MARKER
+        if _VERSION_RE.fullmatch(entry.name) and marker.is_file():
+            found.append((marker.stat().st_mtime, entry.name))
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+def prune(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Remove complete releases beyond the `keep` newest, except `protect` and the current one.
+
+    Also removes leftovers of interrupted installs/activations older than an hour.
+    Returns the removed versions.
+    """
+    keep_set = set(protect) | {v for v in [current_version(root)] if v}
+    removed = []
+    for version in list_releases(root)[max(keep, 0):]:
+        if version in keep_set:
+            continue
+        _discard_complete(release_dir(root, version), version)
+        removed.append(version)
+    now = time.time()
+    leftovers = list((Path(root) / "releases").glob(".tmp-*")) + list((Path(root) / "releases").glob(".del-*"))
+    for path in leftovers + list(Path(root).glob("current.tmp-*")):
+        try:
+            if path.name.startswith(".del-") or now - path.lstat().st_mtime > STALE_SECONDS:
+                if path.is_symlink():
+                    path.unlink()
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _discard_complete(path: Path, version: str) -> None:
+    doomed = path.parent / f".del-{version}-{secrets.token_hex(4)}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- hooks
+
+@dataclass(frozen=True)
+class ShellResult:
+    rc: int | None      # None: timed out and killed
+    output: str         # last OUTPUT_TAIL bytes of stdout+stderr, decoded
+    duration: float
+
+
+def run_shell(command: str, *, env: dict[str, str] | None = None, timeout: float,
+              cwd: str | os.PathLike[str] | None = None) -> ShellResult:
+    """Run `/bin/sh -c command` in its own process group; on timeout kill the whole group."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True)
+        try:
+            rc: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            rc = None
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - OUTPUT_TAIL))
+        tail = out.read()
+    return ShellResult(rc, tail.decode("utf-8", "replace"), time.monotonic() - started)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = 1.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace if sig == signal.SIGTERM else None)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_hook(name: str, command: str, *, version: str, root: str | os.PathLike[str], timeout: float) -> str:
+    """Run a hook with QR_VERSION, QR_RELEASE_DIR, QR_ROOT (and QR_HOOK) set; return its output tail."""
+    root_abs = os.path.abspath(root)
+    env = {"QR_VERSION": version, "QR_RELEASE_DIR": str(release_dir(root_abs, version)), "QR_ROOT": root_abs,
+           "QR_HOOK": name}
+    try:
+        result = run_shell(command, env=env, timeout=timeout, cwd=root_abs if os.path.isdir(root_abs) else None)
+    except OSError as exc:
+        raise HookFailed(name, 127, f"cannot start /bin/sh: {exc}") from None
+    if result.rc is None:
+        raise HookFailed(name, None, result.output, timeout=timeout)
+    if result.rc != 0:
+        raise HookFailed(name, result.rc, result.output)
+    return result.output
