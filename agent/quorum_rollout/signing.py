@@ -1,0 +1,407 @@
+"""Ed25519 release keys, manifest signing and verification.
+
+Modelled on python-tuf's ngclient: every check is explicit and every refusal raises its own
+`TrustError` subclass whose message says what was wrong and what to do about it.
+
+Wire format of a manifest::
+
+    {"signed": {"name", "version", "file", "sha256", "size", "created", "expires", "targets"},
+     "signatures": [{"keyid": "<sha256 hex of the raw public key>", "sig": "<base64>"}]}
+
+Signatures are over `canonical_json(signed)`. `created`/`expires` are UTC ISO-8601 strings
+("2026-11-26T07:00:00Z"); `targets` lists fnmatch group patterns, absent or ["*"] = every group.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Union
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from quorum_rollout.fsm import compare_versions
+
+Now = Union[datetime, float, int]
+CHUNK = 1024 * 1024
+DEFAULT_MAX_BYTES = 65536
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class TrustError(Exception):
+    """Base of every refusal; `causes` lists (source, error) when several sources failed."""
+
+    def __init__(self, message: str, *, causes: Iterable[tuple[str, Exception]] = ()) -> None:
+        super().__init__(message)
+        self.causes: list[tuple[str, Exception]] = list(causes)
+
+
+class ManifestTooLarge(TrustError):
+    pass
+
+
+class MalformedManifest(TrustError):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"malformed manifest: {field_name}: {message}; fix the manifest and re-sign it")
+        self.field = field_name
+
+
+class NoSignatures(TrustError):
+    pass
+
+
+class UnknownKey(TrustError):
+    pass
+
+
+class RevokedKey(TrustError):
+    pass
+
+
+class BadSignature(TrustError):
+    pass
+
+
+class ThresholdNotMet(TrustError):
+    pass
+
+
+class ExpiredManifest(TrustError):
+    pass
+
+
+class WrongArtifact(TrustError):
+    pass
+
+
+class WrongTarget(TrustError):
+    pass
+
+
+class RollbackAttack(TrustError):
+    pass
+
+
+class LengthMismatch(TrustError):
+    pass
+
+
+class HashMismatch(TrustError):
+    pass
+
+
+class InvalidKey(TrustError):
+    """A public or private key that cannot be used (bad encoding, wrong type, key id mismatch)."""
+
+
+class InsecureKeyFile(InvalidKey):
+    """A private key file readable by group or other."""
+
+
+class InvalidPolicy(TrustError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------- keys
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _raw_public(public_b64: str) -> bytes:
+    try:
+        raw = base64.b64decode(public_b64, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidKey(f"public key {public_b64!r} is not base64 ({exc}); "
+                         "use the value printed by `quorum-rollout keygen`") from None
+    if len(raw) != 32:
+        raise InvalidKey(f"public key {public_b64!r} decodes to {len(raw)} bytes, an Ed25519 key has 32; "
+                         "use the value printed by `quorum-rollout keygen`")
+    return raw
+
+
+def key_id(public_b64: str) -> str:
+    """Key id = sha256 hex of the raw 32-byte Ed25519 public key."""
+    return hashlib.sha256(_raw_public(public_b64)).hexdigest()
+
+
+def public_key_b64(private_key: Ed25519PrivateKey) -> str:
+    raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def generate_keypair() -> tuple[bytes, str]:
+    """A new signing key: (unencrypted PKCS#8 PEM private key, base64 raw public key)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return pem, public_key_b64(key)
+
+
+def private_key_from_pem(pem: bytes, source: str = "<memory>") -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidKey(f"{source}: not an unencrypted PEM private key ({exc}); "
+                         "create one with `quorum-rollout keygen`") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidKey(f"{source}: is a {type(key).__name__}, release keys must be Ed25519; "
+                         "create one with `quorum-rollout keygen`")
+    return key
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """Load a PEM Ed25519 private key, refusing a file readable by group or other."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise InvalidKey(f"{p}: cannot read private key ({exc.strerror}); check the path") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InsecureKeyFile(f"{p}: private key is accessible by group/other (mode {stat.S_IMODE(mode):04o}); "
+                              f"run `chmod 600 {p}` and consider rotating the key")
+    return private_key_from_pem(p.read_bytes(), str(p))
+
+
+# ------------------------------------------------------------------------------------ time/sha
+
+
+def to_datetime(now: Now) -> datetime:
+    """Aware UTC datetime from an aware datetime or epoch seconds (naive datetimes are refused)."""
+    if isinstance(now, datetime):
+        if now.tzinfo is None:
+            raise ValueError("naive datetime: pass datetime.now(timezone.utc) or epoch seconds")
+        return now.astimezone(timezone.utc)
+    return datetime.fromtimestamp(float(now), tz=timezone.utc)
+
+
+def format_time(moment: Now) -> str:
+    return to_datetime(moment).strftime(_TIME_FORMAT)
+
+
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """(sha256 hex, size) of a file, streamed in 1 MiB chunks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    file: str
+    sha256: str
+    size: int
+    created: datetime
+    expires: datetime
+    targets: tuple[str, ...]
+    signed_by: tuple[str, ...] = ()
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+    def applies_to(self, group: str) -> bool:
+        return any(fnmatch.fnmatchcase(group, pattern) for pattern in self.targets)
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    keys: Mapping[str, str]  # key id -> base64 raw public key
+    threshold: int = 1
+    revoked: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for kid, pub in self.keys.items():
+            if key_id(pub) != kid:
+                raise InvalidKey(f"trusted key {kid}: id does not match its public key (expected {key_id(pub)}); "
+                                 "fix the key id or leave it out to have it computed")
+        if not self.keys or not 1 <= self.threshold <= len(self.keys):
+            raise InvalidPolicy(f"threshold {self.threshold} with {len(self.keys)} trusted key(s): "
+                                "the threshold must be between 1 and the number of trusted keys")
+
+    @classmethod
+    def from_config(cls, artifacts_cfg: Any) -> TrustPolicy:
+        """From a `config.ArtifactsConfig` (trusted_keys, key_threshold, revoked_keys)."""
+        return cls(keys={k.id: k.public_key for k in artifacts_cfg.trusted_keys},
+                   threshold=artifacts_cfg.key_threshold, revoked=frozenset(artifacts_cfg.revoked_keys))
+
+
+def _safe_segment(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedManifest(name, "must be a non-empty string")
+    if "/" in value or "\\" in value or ".." in value or value == "." or any(ord(c) < 32 for c in value):
+        raise MalformedManifest(name, f"{value!r} must be a plain file name (no '/', '\\', '..' or control chars)")
+    return value
+
+
+def _parse_time(value: Any, name: str) -> datetime:
+    if not isinstance(value, str) or not _TIME_RE.match(value):
+        raise MalformedManifest(name, f"{value!r} is not a UTC time like 2026-11-26T07:00:00Z")
+    try:
+        return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError as exc:
+        raise MalformedManifest(name, f"{value!r} is not a valid date ({exc})") from None
+
+
+def _parse_signed(signed: Any) -> Manifest:
+    if not isinstance(signed, dict):
+        raise MalformedManifest("signed", "must be an object")
+    for key in ("name", "version", "file", "sha256", "size", "created", "expires"):
+        if key not in signed:
+            raise MalformedManifest(f"signed.{key}", "missing")
+    name = _safe_segment(signed["name"], "signed.name")
+    version = _safe_segment(signed["version"], "signed.version")
+    file = _safe_segment(signed["file"], "signed.file")
+    sha = signed["sha256"]
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+        raise MalformedManifest("signed.sha256", f"{sha!r} is not 64 lowercase hex digits")
+    size = signed["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise MalformedManifest("signed.size", f"{size!r} is not a non-negative integer")
+    created = _parse_time(signed["created"], "signed.created")
+    expires = _parse_time(signed["expires"], "signed.expires")
+    if expires <= created:
+        raise MalformedManifest("signed.expires", "must be later than signed.created")
+    targets = signed.get("targets", ["*"])
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) and t for t in targets)):
+        raise MalformedManifest("signed.targets", 'must be a non-empty list of group patterns (["*"] = all)')
+    return Manifest(name, version, file, sha, size, created, expires, tuple(targets))
+
+
+def _parse_signatures(sigs: Any) -> list[tuple[str, bytes]]:
+    if not isinstance(sigs, list):
+        raise MalformedManifest("signatures", "must be a list")
+    out = []
+    for i, entry in enumerate(sigs):
+        if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) \
+                or not isinstance(entry.get("sig"), str):
+            raise MalformedManifest(f"signatures[{i}]", 'must be {"keyid": str, "sig": str}')
+        try:
+            out.append((entry["keyid"], base64.b64decode(entry["sig"], validate=True)))
+        except (binascii.Error, ValueError):
+            raise MalformedManifest(f"signatures[{i}].sig", "is not base64") from None
+    return out
+
+
+def _check_signatures(what: str, payload: bytes, sigs: list[tuple[str, bytes]], policy: TrustPolicy) -> tuple[str, ...]:
+    if not sigs:
+        raise NoSignatures(f"{what}: manifest has no signatures; sign it with `quorum-rollout sign`")
+    valid: set[str] = set()
+    unknown: list[str] = []
+    for kid, sig in sigs:
+        if kid in policy.revoked:
+            raise RevokedKey(f"{what}: signed by revoked key {kid}; re-sign the release with a current key")
+        if kid not in policy.keys:
+            unknown.append(kid)
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(_raw_public(policy.keys[kid])).verify(sig, payload)
+        except InvalidSignature:
+            raise BadSignature(f"{what}: signature by key {kid} does not verify: the manifest was altered "
+                               "or signed with another key; fetch it again or re-sign it") from None
+        valid.add(kid)
+    if not valid and unknown:
+        raise UnknownKey(f"{what}: signed only by unknown key(s) {', '.join(sorted(set(unknown)))}; "
+                         "add the release key to artifacts.trusted_keys or re-sign with a trusted key")
+    if len(valid) < policy.threshold:
+        raise ThresholdNotMet(f"{what}: {len(valid)} valid signature(s) from distinct trusted keys, "
+                              f"{policy.threshold} required; add signatures from more trusted keys")
+    return tuple(sorted(valid))
+
+
+def verify_manifest(raw: bytes, policy: TrustPolicy, *, now: Now, name: str, version: str | None = None,
+                    group: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                    highest_version: str | None = None, allow_downgrade: bool = False) -> Manifest:
+    """Parse and verify a manifest; return it or raise the `TrustError` subclass of the first refusal."""
+    if len(raw) > max_bytes:
+        raise ManifestTooLarge(f"manifest is {len(raw)} bytes, the limit is {max_bytes}: refusing to parse it; "
+                               "raise artifacts.max_manifest_bytes only if the manifest is genuine")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedManifest("manifest", f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise MalformedManifest("manifest", "must be a JSON object")
+    for key in ("signed", "signatures"):
+        if key not in doc:
+            raise MalformedManifest(key, "missing")
+    parsed = _parse_signed(doc["signed"])
+    sigs = _parse_signatures(doc["signatures"])
+    what = f"{parsed.name} {parsed.version}"
+    signed_by = _check_signatures(what, canonical_json(doc["signed"]), sigs, policy)
+    moment = to_datetime(now)
+    if moment >= parsed.expires:
+        raise ExpiredManifest(f"{what}: manifest expired at {format_time(parsed.expires)} (now "
+                              f"{format_time(moment)}); publish a freshly signed manifest")
+    if parsed.name != name or (version is not None and parsed.version != version):
+        raise WrongArtifact(f"manifest is for {what}, asked for {name} {version or '(any version)'}; "
+                            "the mirror serves the wrong file: fix the mirror layout")
+    if group is not None and not parsed.applies_to(group):
+        raise WrongTarget(f"{what}: manifest targets {list(parsed.targets)}, not group {group}; "
+                          "sign a manifest for this group")
+    if highest_version is not None and not allow_downgrade \
+            and compare_versions(parsed.version, highest_version) < 0:
+        raise RollbackAttack(f"{what}: lower than {highest_version}, the highest version this group ran; "
+                             "ask for a rollback explicitly to downgrade")
+    return replace(parsed, signed_by=signed_by, raw=bytes(raw))
+
+
+def verify_file(path: str | Path, manifest: Manifest) -> None:
+    """Check a file's size and sha256 (streamed) against a verified manifest."""
+    size = os.stat(path).st_size
+    if size != manifest.size:
+        raise LengthMismatch(f"{path}: {size} bytes, manifest of {manifest.name} {manifest.version} "
+                             f"says {manifest.size}; delete it and download it again")
+    digest, _ = file_digest(path)
+    if digest != manifest.sha256:
+        raise HashMismatch(f"{path}: sha256 {digest}, manifest of {manifest.name} {manifest.version} "
+                           f"says {manifest.sha256}; delete it and download it again")
+
+
+# ------------------------------------------------------------------------------------- signing
+
+
+def build_signed(path: str | Path, name: str, version: str, *,
+                 expires_in: timedelta | float = timedelta(days=30),
+                 targets: Iterable[str] | None = None, now: Now) -> dict[str, Any]:
+    """The `signed` part of a manifest for the file at `path` (hashed, streamed)."""
+    digest, size = file_digest(path)
+    created = to_datetime(now).replace(microsecond=0)
+    delta = expires_in if isinstance(expires_in, timedelta) else timedelta(seconds=expires_in)
+    signed = {"name": name, "version": version, "file": Path(path).name, "sha256": digest, "size": size,
+              "created": format_time(created), "expires": format_time(created + delta),
+              "targets": list(targets) if targets is not None else ["*"]}
+    _parse_signed(signed)  # refuse to build what verification would refuse
+    return signed
+
+
+def sign(signed: Mapping[str, Any], private_keys: Iterable[Ed25519PrivateKey]) -> dict[str, Any]:
+    """Sign `signed` with every key (one signature per distinct key)."""
+    payload = canonical_json(dict(signed))
+    sigs: dict[str, str] = {}
+    for key in private_keys:
+        sigs.setdefault(key_id(public_key_b64(key)), base64.b64encode(key.sign(payload)).decode())
+    if not sigs:
+        raise InvalidKey("no private key given: pass at least one release key")
+    return {"signed": dict(signed), "signatures": [{"keyid": k, "sig": s} for k, s in sigs.items()]}
