@@ -79,7 +79,8 @@ class Agent:
     def start_release(self, version: str, allow_downgrade: bool) -> dict[str, str]:
         return self.node.propose("start", timeout=5.0, version=version, members=self.members(),
                                  batch_fraction=self.cfg.rollout.batch_fraction,
-                                 canary=self.cfg.rollout.canary, allow_downgrade=allow_downgrade)
+                                 canary=self.cfg.rollout.canary, allow_downgrade=allow_downgrade,
+                                 running_version=self.running_version())
 
     def running_version(self) -> str | None:
         return install.current_version(Path(self.cfg.install.root))

@@ -8,6 +8,8 @@ commands with deterministic operation ids, retried until committed.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -73,23 +75,46 @@ class Worker:
             raise StepFailed("verify", str(exc)) from exc
         except (artifacts.ArtifactError, OSError) as exc:
             raise StepFailed("fetch", str(exc)) from exc
-        if install.current_version(self.root) == version:
+        running = install.current_version(self.root)
+        if running == version:
             event(log, "install_skipped", step="install", cause="current already points to this version", **fields)
         else:
+            self._remember_previous(release, running)  # before the switch: a crash must not lose it
             try:
                 install.install_release(self.root, version, path)
-                previous = install.activate(self.root, version)
+                install.activate(self.root, version)
             except (install.InstallError, OSError) as exc:
                 raise StepFailed("install", str(exc)) from exc
-            event(log, "activated", step="install", version=version, previous=previous, **fields)
+            event(log, "activated", step="install", version=version, previous=running, **fields)
         self._restart(version, fields)
         self._checks(version, fields)
         event(log, "host_updated", step="preflight", version=version, **fields)
 
+    def _step_file(self, release: dict[str, Any]) -> Path:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in release["id"])
+        return Path(self.cfg.data_dir) / "steps" / f"{safe}.json"
+
+    def _remember_previous(self, release: dict[str, Any], running: str | None) -> None:
+        path = self._step_file(release)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"previous": running}))
+        os.replace(tmp, path)
+
+    def previous_version(self, release: dict[str, Any]) -> str | None:
+        """The version this host ran before this release touched it. The step file is written
+        before the first switch, so without one the host never switched: `current` is it."""
+        try:
+            return json.loads(self._step_file(release).read_text())["previous"]
+        except (OSError, ValueError, KeyError):
+            return install.current_version(self.root)
+
     # -- revert --------------------------------------------------------------------------------
 
     def _revert(self, release: dict[str, Any], fields: dict[str, Any]) -> None:
-        previous = release["previous_version"]
+        previous = self.previous_version(release)
         if previous is None:
             # The group ran nothing before this release: stop the service and unlink `current`.
             self._hook("stop", previous or "", fields)
@@ -140,7 +165,8 @@ class Worker:
         while time.monotonic() < deadline:
             try:
                 result = self.node.propose("host_done", op_id=op_id, release=release["id"], host=self.host,
-                                           phase=phase, ok=ok, step=step, reason=reason)
+                                           phase=phase, ok=ok, step=step, reason=reason,
+                                           previous=self.previous_version(release))
             except ProposalError as exc:
                 event(log, "report_retry", level="warning", step=phase, cause=str(exc), **fields)
                 time.sleep(0.2)

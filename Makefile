@@ -1,0 +1,56 @@
+# quorum.rollout — developer entry points. Everything runs from a local virtualenv (.venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv collection test unit integration e2e lint sanity demo demo-stop bench clean
+
+help:
+	@echo "make demo   - build a local demo fleet, install agents, release 2.4, print per-group result"
+	@echo "make test   - every test: lint, unit, integration (real agents), e2e (real ansible-playbook)"
+	@echo "make bench  - benchmarks (results go to docs/benchmarks.md by hand)"
+
+$(VENV)/.stamp: agent/pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ./agent -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# FQCNs (quorum.rollout.*) resolve from a checkout through ansible.cfg's collections path.
+collection:
+	@mkdir -p collections/ansible_collections/quorum
+	@ln -sfn ../../.. collections/ansible_collections/quorum/rollout
+
+lint: venv
+	$(VENV)/bin/ruff check agent tests
+
+unit: venv collection
+	$(PYTEST) -q tests/unit
+
+integration: venv
+	$(PYTEST) -q tests/integration
+
+e2e: venv collection
+	@if [ -d tests/e2e ] && ls tests/e2e/test_*.py >/dev/null 2>&1; then $(PYTEST) -q tests/e2e; fi
+
+sanity: venv
+	@if [ -x scripts/ansible-test.sh ]; then scripts/ansible-test.sh; fi
+
+test: lint unit integration e2e sanity
+
+demo: venv collection
+	$(PY) scripts/demo.py up
+
+demo-stop: venv
+	$(PY) scripts/demo.py down
+
+bench: venv
+	$(PY) bench/coordination.py
+
+clean:
+	rm -rf $(VENV) collections tests/output .pytest_cache

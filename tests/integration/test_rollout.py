@@ -1,0 +1,177 @@
+"""A group of real agents rolls a signed release through batches, rolls back on a failed
+pre-flight, survives the loss of its leader and of every member, and refuses untrusted input.
+
+Everything here is real: agent processes on 127.x.y.z, pysyncobj over TCP with the group
+secret, an HTTP mirror process, releases signed with `quorum-rollout sign`, and the demo
+service restarted by the agent's hook and probed by its pre-flight check.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from tests.support.fleet import Fleet, Host, wait_for
+
+
+def start_release(fleet: Fleet, version: str, via: Host | None = None) -> dict:
+    resp = (via or fleet.hosts[0]).post("/v1/releases", {"version": version})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["release"]
+
+
+def installs(host: Host, version: str) -> int:
+    return sum(1 for e in host.events("activated") if e.get("version") == version and e.get("step") == "install")
+
+
+def test_ten_hosts_roll_to_current_in_ten_batches(make_fleet):
+    fleet = make_fleet(10)
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    leader = fleet.leader()
+
+    release = start_release(fleet, "2.4", via=fleet.hosts[3])  # any member accepts it
+    assert release["version"] == "2.4" and release["state"] == "running_old_release"
+    done = fleet.wait_release(("current", "rolled_back", "aborted"))
+    assert done["state"] == "current", json.dumps(done, indent=1)
+
+    assert len(done["batches"]) == 10 and all(len(b) == 1 for b in done["batches"])
+    assert done["batches"][-1] == [leader.id], "the leader goes last"
+    for host in fleet.hosts:
+        assert host.current() == "2.4", host.id
+        assert host.health()["version"] == "2.4", host.id
+        assert installs(host, "2.4") == 1, host.id
+    opened = [e["detail"] for e in host.status()["state"]["history"] if e["detail"].startswith("batch ")]
+    assert opened == [f"batch {k} of 10" for k in range(1, 11)]
+    registry = wait_for(lambda: json.loads(fleet.registry_file.read_text())["state"] == "current"
+                        and json.loads(fleet.registry_file.read_text()), 10, "registry says current")
+    assert registry["group"] == fleet.group and registry["version"] == "2.4"
+
+    # The same version again is not a change; every member agrees on the state.
+    again = fleet.hosts[7].post("/v1/releases", {"version": "2.4"})
+    assert again.status_code == 200 and again.json()["changed"] is False
+    assert {h.status()["state"]["current_version"] for h in fleet.hosts} == {"2.4"}
+
+
+def test_failed_preflight_in_batch_three_rolls_the_group_back(make_fleet):
+    fleet = make_fleet(10)
+    for host in fleet.hosts:  # a host-local incompatibility with one version, seen by a pre-flight check
+        host.checks.append({"name": "libs-ok", "type": "command",
+                            "command": f"test ! -e {host.dir}/incompatible-{{version}}", "retries": 1, "timeout": 5})
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    leader = fleet.leader()
+    victim = sorted(h.id for h in fleet.hosts if h is not leader)[2]  # batch 3 of 10
+    (fleet.base / victim / "incompatible-2.4").write_text("")
+
+    start_release(fleet, "2.4")
+    done = fleet.wait_release(("current", "rolled_back", "aborted"))
+    assert done["state"] == "rolled_back"
+    assert done["failure"]["host"] == victim
+    assert done["failure"]["step"] == "preflight:libs-ok"
+    assert "incompatible-2.4" in done["failure"]["reason"], done["failure"]
+    statuses = {h: e["status"] for h, e in done["hosts"].items()}
+    updated_first = sorted(h.id for h in fleet.hosts if h is not leader)[:3]
+    assert all(statuses[h] == "reverted" for h in updated_first), statuses
+    assert all(s in ("reverted", "skipped") for s in statuses.values()), statuses
+    for host in fleet.hosts:
+        assert host.current() == "2.3", host.id
+        assert wait_for(lambda h=host: h.health()["version"] == "2.3", 10, f"{host.id} serves 2.3")
+    assert json.loads(fleet.registry_file.read_text())["state"] == "rolled_back"
+    # Rollback went newest batch first.
+    reverted = [e["detail"].split()[0] for e in fleet.hosts[0].status()["state"]["history"]
+                if e["detail"].endswith(" reverted")]
+    assert reverted == list(reversed(updated_first))
+
+
+def test_leader_killed_while_rolling_another_leads_and_completes(make_fleet):
+    fleet = make_fleet(5, batch_fraction=0.2)
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    old = fleet.leader()
+    start_release(fleet, "2.4")
+    wait_for(lambda: (r := fleet.release_state()) and r["state"] == "rolling" and r["batch"] >= 1,
+             60, "rolling batch 2")
+    old.kill(signal.SIGKILL)
+    new = wait_for(fleet.leader, 30, "a new leader")
+    assert new is not old
+    old.start()  # as systemd's Restart=always would
+    done = fleet.wait_release(("current", "rolled_back", "aborted"))
+    assert done["state"] == "current", json.dumps(done, indent=1)
+    for host in fleet.hosts:
+        assert host.current() == "2.4"
+        assert installs(host, "2.4") == 1, f"{host.id} installed {installs(host, '2.4')} times"
+    terms = {e["term"] for e in new.status()["state"]["history"] if e["op"] in ("downloaded", "verified")}
+    assert terms, "history records the leader's term"
+
+
+def test_every_agent_killed_mid_rollout_resumes_and_completes(make_fleet):
+    fleet = make_fleet(4, batch_fraction=0.25)
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    start_release(fleet, "2.4")
+    wait_for(lambda: (r := fleet.release_state()) and r["state"] == "rolling" and r["batch"] >= 1,
+             60, "rolling batch 2")
+    for host in fleet.hosts:
+        host.kill(signal.SIGKILL)
+    for host in fleet.hosts:
+        host.start()
+    done = fleet.wait_release(("current", "rolled_back", "aborted"))
+    assert done["state"] == "current", json.dumps(done, indent=1)
+    for host in fleet.hosts:
+        assert host.current() == "2.4"
+        assert installs(host, "2.4") == 1
+
+
+def test_second_release_while_one_runs_is_refused(make_fleet):
+    fleet = make_fleet(3)
+    for host in fleet.hosts:  # hold batch 1 until the test lets it go
+        host.checks.append({"name": "gate", "type": "command", "command": f"test -e {fleet.base}/go",
+                            "retries": 600, "interval": 0.1, "timeout": 5})
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.build_release("2.5")
+    fleet.start()
+    start_release(fleet, "2.4")
+    wait_for(lambda: fleet.release_state()["state"] == "rolling", 30, "rolling")
+    before = fleet.hosts[1].status()["state"]["release"]
+    conflict = fleet.hosts[1].post("/v1/releases", {"version": "2.5"})
+    assert conflict.status_code == 409
+    assert conflict.json()["detail"]["version"] == "2.4"
+    same = fleet.hosts[2].post("/v1/releases", {"version": "2.4"})
+    assert same.status_code == 200 and same.json()["changed"] is False
+    after = fleet.hosts[1].status()["state"]["release"]
+    assert after["id"] == before["id"] and after["version"] == "2.4"
+    (fleet.base / "go").write_text("")
+    assert fleet.wait_release(("current", "rolled_back"))["state"] == "current"
+
+
+def test_api_rejects_unauthenticated_and_malformed_requests(make_fleet):
+    fleet = make_fleet(3)
+    fleet.start_mirror()
+    fleet.start()
+    host = fleet.hosts[0]
+    import requests
+
+    assert requests.get(host.api_url + "/v1/status", timeout=5).status_code == 401
+    bad = requests.get(host.api_url + "/v1/status", headers={"Authorization": "Bearer nope"}, timeout=5)
+    assert bad.status_code == 401 and "token" in bad.json()["error"]
+    resp = host.post("/v1/releases", {"version": "../etc"})
+    assert resp.status_code == 400 and resp.json()["detail"]["field"] == "version"
+    resp = host.post("/v1/releases", {"versoin": "2.4"})
+    assert resp.status_code == 400 and resp.json()["detail"]["field"] == "versoin"
+    resp = requests.post(host.api_url + "/v1/releases", data=b"{not json", headers=fleet.auth, timeout=5)
+    assert resp.status_code == 400
+    assert host.post("/v1/releases/current/pause").status_code == 404
+    peer = requests.get(host.api_url + "/v1/peer/artifacts/sha256/" + "0" * 64, timeout=5)
+    assert peer.status_code == 401
+    assert host.status()["state"]["release"] is None

@@ -1,0 +1,116 @@
+"""A real HTTP mirror for tests, demos and benchmarks: serves a directory over HTTP/1.1 with
+Range support, counts the bytes it serves per path in a JSON file, and can be told to cut a
+connection after N bytes (`.cut` files) or to cap its own egress (--rate bytes/s).
+
+Run: python tests/support/mirror.py --bind 127.0.0.1 --port 8000 --root DIR [--stats FILE] [--rate B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--stats", help="JSON file with bytes served per path, rewritten after each request")
+    ap.add_argument("--rate", type=int, default=0, help="egress cap in bytes/s for the whole mirror")
+    args = ap.parse_args()
+    root = Path(args.root).resolve()
+    served: dict[str, int] = {}
+    lock = threading.Lock()
+    bucket = {"t": time.monotonic(), "tokens": 0.0}
+
+    def throttle(n: int) -> None:
+        if not args.rate:
+            return
+        with lock:
+            now = time.monotonic()
+            bucket["tokens"] = min(args.rate, bucket["tokens"] + (now - bucket["t"]) * args.rate) - n
+            bucket["t"] = now
+            wait = -bucket["tokens"] / args.rate if bucket["tokens"] < 0 else 0.0
+        if wait:
+            time.sleep(wait)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET(head=True)
+
+        def do_GET(self, head: bool = False) -> None:
+            rel = self.path.split("?", 1)[0].lstrip("/")
+            path = (root / rel).resolve()
+            if (root not in path.parents and path != root) or not path.is_file():
+                body = b"not found"
+                self.send_response(404 if path != root else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+                return
+            size = path.stat().st_size
+            start, end, status = 0, size - 1, 200
+            rng = self.headers.get("Range")
+            if rng and rng.startswith("bytes="):
+                first, _, last = rng[6:].partition("-")
+                start = int(first or 0)
+                end = int(last) if last else size - 1
+                status = 206
+            cut_file = path.with_name(path.name + ".cut")
+            cut = int(cut_file.read_text()) if cut_file.exists() else None
+            if cut is not None:
+                cut_file.unlink()  # cut once
+            self.send_response(status)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if head:
+                return
+            sent = 0
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                remaining = end - start + 1
+                while remaining > 0:
+                    chunk = fh.read(min(65536, remaining))
+                    if not chunk:
+                        break
+                    if cut is not None and sent + len(chunk) > cut:
+                        chunk = chunk[: cut - sent]
+                    throttle(len(chunk))
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        break
+                    sent += len(chunk)
+                    remaining -= len(chunk)
+                    if cut is not None and sent >= cut:
+                        self.close_connection = True
+                        break
+            with lock:
+                served[rel] = served.get(rel, 0) + sent
+                if args.stats:
+                    tmp = args.stats + ".tmp"
+                    Path(tmp).write_text(json.dumps(served))
+                    os.replace(tmp, args.stats)
+            if cut is not None:
+                self.connection.close()
+
+    ThreadingHTTPServer((args.bind, args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
