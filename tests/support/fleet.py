@@ -209,7 +209,9 @@ class Fleet:
                 "trusted_keys": [{"public_key": self.public_key}],
             },
             "install": {"root": str(host.root), "hooks": {"restart": democtl, "timeout": 30}},
-            "checks": [{"name": "health", "type": "http", "url": f"http://{host.ip}:{self.app_port}/health", "expect_status": 200, "expect_body": "{version}", "timeout": 2, "retries": 25, "interval": 0.2}, *host.checks],
+            "checks": [{"name": "health", "type": "http", "url": f"http://{host.ip}:{self.app_port}/health",
+                        "expect_status": 200, "expect_body": "{version}", "timeout": 2, "retries": 25,
+                        "interval": 0.2}, *host.checks],
             "rollout": {"batch_fraction": self.batch_fraction, "step_deadline": self.step_deadline},
             "registry": {"type": "file", "path": str(self.registry_file)},
         }
