@@ -53,6 +53,7 @@ class Worker:
             return  # reported; waiting for the commit to show up
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "host": self.host,
                   "term": release["term"]}
+        event(log, "step_started", step=phase, **fields)
         try:
             if phase == "install":
                 self._install(state, release, fields)
