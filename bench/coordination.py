@@ -176,7 +176,7 @@ def main() -> None:
         gb = f"{pct(b['gaps_ms'], 50):.0f} / {pct(b['gaps_ms'], 99):.0f} ms" if b else "-"
         ratio = f"{pct(b['gaps_ms'], 50) / max(pct(a['gaps_ms'], 50), 0.001):.1f}x" if b else "-"
         wall = f"{b['wall_s'] / a['wall_s']:.2f}x" if b else "-"
-        egress = f"{a['egress'] / 1024:.0f} KiB / {b['egress'] / 1024:.0f} KiB" if b else f"{a['egress'] / 1024:.0f} KiB"
+        egress = f"{a['egress'] / 1024:.0f} KiB" + (f" / {b['egress'] / 1024:.0f} KiB" if b else "")
         print(f"| {n} | {ga} | {gb} | {ratio} | {a['wall_s']:.1f} s | {b['wall_s'] if b else float('nan'):.1f} s "
               f"| {wall} | {egress} | {a['new_leader_s']:.2f} s | {a['commit_after_kill_s']:.2f} s |")
     print("\nmedian gaps (ms):", [(n, round(statistics.median(a["gaps_ms"]), 1)) for n, a, _ in rows])
