@@ -27,7 +27,7 @@ collection:
 	@ln -sfn ../../.. collections/ansible_collections/quorum/rollout
 
 lint: venv
-	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files
 
 unit: venv collection
 	$(PYTEST) -q tests/unit
