@@ -11,6 +11,7 @@ when the file is already here.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from typing import Any
@@ -202,7 +203,10 @@ def ensure_artifact(owner: Any, state: dict[str, Any], release: dict[str, Any]) 
     if owner.store.has(manifest.sha256, manifest.size):
         return manifest, owner.store.path(manifest.sha256)
     peers = {p.id: p.api_url for p in cfg.raft.peers}
-    holders = [(h, peers[h]) for h in release["holders"] if h in peers]
+    # Rendezvous order: each member tries the holders in its own pseudo-random order, so the
+    # group's downloads spread over every holder; a busy holder answers 503 and the next is tried.
+    holders = sorted(((h, peers[h]) for h in release["holders"] if h in peers),
+                     key=lambda holder: hashlib.sha256(f"{cfg.node_id}/{holder[0]}".encode()).digest())
     errors = []
     if holders:
         try:

@@ -28,9 +28,10 @@ def test_ten_hosts_roll_to_current_in_ten_batches(make_fleet):
     fleet = make_fleet(10)
     fleet.start_mirror()
     fleet.preinstall("2.3")
-    fleet.build_release("2.4")
+    archive = fleet.build_release("2.4")
     fleet.start()
     leader = fleet.leader()
+    served_before = fleet.mirror_bytes()
 
     release = start_release(fleet, "2.4", via=fleet.hosts[3])  # any member accepts it
     assert release["version"] == "2.4" and release["state"] == "running_old_release"
@@ -45,6 +46,9 @@ def test_ten_hosts_roll_to_current_in_ten_batches(make_fleet):
         assert installs(host, "2.4") == 1, host.id
     opened = [e["detail"] for e in host.status()["state"]["history"] if e["detail"].startswith("batch ")]
     assert opened == [f"batch {k} of 10" for k in range(1, 11)]
+    served = {path: n - served_before.get(path, 0) for path, n in fleet.mirror_bytes().items()}
+    assert served["demo-app/2.4/demo-app-2.4.tar.gz"] == archive.stat().st_size, "exactly one copy from the mirror"
+    assert sum(served.values()) < 2 * archive.stat().st_size + 64 * 1024, served
     registry = wait_for(lambda: json.loads(fleet.registry_file.read_text())["state"] == "current"
                         and json.loads(fleet.registry_file.read_text()), 10, "registry says current")
     assert registry["group"] == fleet.group and registry["version"] == "2.4"
