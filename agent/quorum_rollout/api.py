@@ -95,6 +95,7 @@ def metrics_text(agent: Agent) -> str:
 class Handler(BaseHTTPRequestHandler):
     server_version = "quorum-rollout"
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid a 40 ms delayed-ACK stall
     agent: Agent  # set on the subclass made by serve()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -203,11 +204,14 @@ class Handler(BaseHTTPRequestHandler):
         self._body()  # reject malformed bodies even though no field is needed
         if self.agent.node.state["release"] is None:
             raise ApiError(404, "the group has no release yet")
-        self._outcome(self.agent.node.propose(action, timeout=5.0))
+        self._outcome(self.agent.node.propose(action, timeout=5.0), created=False)
 
-    def _outcome(self, result: dict[str, str]) -> None:
+    def _outcome(self, result: dict[str, str], created: bool = True) -> None:
+        """201 for a new release, 200 for an accepted action or a no-op, 4xx for a refusal."""
         release = self.agent.node.state["release"]
         status = _OUTCOME_STATUS.get(result["code"], 500)
+        if status == 201 and not created:
+            status = 200
         if status >= 400:
             raise ApiError(status, result["reason"], state=release and release["state"],
                            version=release and release["version"])

@@ -83,6 +83,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Redraw the status whenever it changes until the release is terminal (exit 1 unless current)."""
+    last = None
+    deadline = time.monotonic() + args.max_wait
+    while time.monotonic() < deadline:
+        doc = _call(args, "GET", "/v1/status")
+        release = doc["state"]["release"]
+        text = json.dumps(doc) if args.json else _render_status(doc)
+        if text != last:
+            print(text + ("" if args.json else "\n"), flush=True)
+            last = text
+        if not release or release["state"] in ("current", "rolled_back", "aborted"):
+            return 0 if not release or release["state"] == "current" else 1
+        time.sleep(args.interval)
+    print(f"error: release not terminal after {args.max_wait:g}s", file=sys.stderr)
+    return 2
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     doc = _call(args, "POST", "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade})
     print(json.dumps(doc, indent=2) if args.json else
@@ -255,6 +273,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the group's replicated release state")
     _api_args(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("watch", help="follow the group's release until it is current or rolled back")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--max-wait", type=float, default=3600.0)
+    _api_args(p)
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("release", help="start a release of VERSION in the group")
     p.add_argument("version")

@@ -179,3 +179,33 @@ def test_api_rejects_unauthenticated_and_malformed_requests(make_fleet):
     peer = requests.get(host.api_url + "/v1/peer/artifacts/sha256/" + "0" * 64, timeout=5)
     assert peer.status_code == 401
     assert host.status()["state"]["release"] is None
+
+
+def test_cli_release_watch_status(make_fleet):
+    """The operator's CLI against a real group: release, watch until current, status table and JSON."""
+    import subprocess
+
+    from tests.support.fleet import CLI
+
+    fleet = make_fleet(3)
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    cfg = str(fleet.hosts[1].config_path)
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args, "-c", cfg], capture_output=True, text=True, env=fleet.env,
+                              timeout=180, check=check)
+
+    assert "started" in cli("release", "2.4").stdout
+    watched = cli("watch", "--interval", "0.2")
+    assert "state current" in watched.stdout
+    table = cli("status").stdout
+    assert "group runs 2.4" in table and all(h.id in table for h in fleet.hosts)
+    doc = json.loads(cli("status", "--json").stdout)
+    assert doc["state"]["release"]["state"] == "current" and doc["node"]["id"] == fleet.hosts[1].id
+    again = cli("release", "2.4")
+    assert again.stdout.startswith("unchanged")
+    refused = cli("release", "2.2", check=False)
+    assert refused.returncode != 0 and "rollback protection" in refused.stderr

@@ -177,7 +177,7 @@ class FakeGroup(object):
             if state != "rolled_back":
                 return 409, {"error": "cannot retry in state %s" % state, "detail": {"state": state}}
             self.new_release(rel["version"], rel["attempt"] + 1)
-        return 201, {"changed": True, "release": copy.deepcopy(self.release)}
+        return 200, {"changed": True, "release": copy.deepcopy(self.release)}
 
 
 class _Handler(BaseHTTPRequestHandler):
