@@ -2,6 +2,15 @@
 Range support, counts the bytes it serves per path in a JSON file, and can be told to cut a
 connection after N bytes (`.cut` files) or to cap its own egress (--rate bytes/s).
 
+Misbehaviour on demand, by side files next to a (possibly absent) path P:
+
+* `P.cut` holding N: send the first N bytes of P, then drop the connection (once).
+* `P.status`: answer with this instead of P, every time. First line: the status code; then
+  optional `Name: value` header lines; a blank line; the rest is the body. E.g. "500\n", or
+  "200\nContent-Type: text/html\n\n<html>...</html>".
+* `P.endless` holding a byte cap (default 256 MiB): send P, then zeros up to the cap, with no
+  Content-Length (the body ends when the connection closes): an endless-data attack.
+
 Run: python tests/support/mirror.py --bind 127.0.0.1 --port 8000 --root DIR [--stats FILE] [--rate B]
 """
 
@@ -40,6 +49,14 @@ def main() -> None:
         if wait:
             time.sleep(wait)
 
+    def record(rel: str, sent: int) -> None:
+        with lock:
+            served[rel] = served.get(rel, 0) + sent
+            if args.stats:
+                tmp = args.stats + ".tmp"
+                Path(tmp).write_text(json.dumps(served))
+                os.replace(tmp, args.stats)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -52,7 +69,14 @@ def main() -> None:
         def do_GET(self, head: bool = False) -> None:
             rel = self.path.split("?", 1)[0].lstrip("/")
             path = (root / rel).resolve()
-            if (root not in path.parents and path != root) or not path.is_file():
+            inside = root in path.parents
+            status_file = path.with_name(path.name + ".status")
+            if inside and status_file.is_file():
+                return self._canned(status_file.read_bytes(), head)
+            endless_file = path.with_name(path.name + ".endless")
+            if inside and path.is_file() and endless_file.is_file():
+                return self._endless(path, rel, int(endless_file.read_text().strip() or 256 << 20), head)
+            if (not inside and path != root) or not path.is_file():
                 body = b"not found"
                 self.send_response(404 if path != root else 200)
                 self.send_header("Content-Length", str(len(body)))
@@ -100,14 +124,40 @@ def main() -> None:
                     if cut is not None and sent >= cut:
                         self.close_connection = True
                         break
-            with lock:
-                served[rel] = served.get(rel, 0) + sent
-                if args.stats:
-                    tmp = args.stats + ".tmp"
-                    Path(tmp).write_text(json.dumps(served))
-                    os.replace(tmp, args.stats)
+            record(rel, sent)
             if cut is not None:
                 self.connection.close()
+
+        def _canned(self, spec: bytes, head: bool) -> None:
+            top, _, body = spec.partition(b"\n\n")
+            lines = top.decode().splitlines()
+            status, headers = int(lines[0].strip()), [line.split(":", 1) for line in lines[1:] if ":" in line]
+            body = body or f"mirror answers {status}\n".encode()
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name.strip(), value.strip())
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _endless(self, path: Path, rel: str, cap: int, head: bool) -> None:
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            sent = 0
+            if not head:
+                data, zeros = path.read_bytes(), bytes(65536)
+                try:
+                    self.wfile.write(data)
+                    sent = len(data)
+                    while sent < cap:
+                        self.wfile.write(zeros)
+                        sent += len(zeros)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+            record(rel, sent)
 
     ThreadingHTTPServer((args.bind, args.port), Handler).serve_forever()
 
