@@ -35,6 +35,9 @@ class Agent:
         self.store = artifacts.Store(data / "store")
         self.policy = trust_policy(cfg)
         self.uploads = threading.BoundedSemaphore(cfg.artifacts.max_peer_uploads)
+        # One cap for everything this agent sends to peers (downloads have their own, per transfer).
+        limit = cfg.artifacts.bandwidth_limit
+        self.upload_limiter = artifacts.TokenBucket(limit) if limit else None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._loops: list[threading.Thread] = []
@@ -84,10 +87,6 @@ class Agent:
 
     def running_version(self) -> str | None:
         return install.current_version(Path(self.cfg.install.root))
-
-    def bandwidth_limiter(self) -> Any:
-        limit = self.cfg.artifacts.bandwidth_limit
-        return artifacts.TokenBucket(limit) if limit else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 

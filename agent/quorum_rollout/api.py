@@ -226,32 +226,26 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(401, "peer authentication failed (group secret MAC missing, wrong or stale)")
         release = agent.node.state["release"]
         artifact = (release or {}).get("artifact") or {}
-        if artifact.get("sha256") != digest or not agent.store.has(digest, artifact["size"]):
-            raise ApiError(404, "this node holds no verified artifact with that digest")
+        if artifact.get("sha256") != digest:
+            raise ApiError(404, "this digest is not the current release's artifact")
         if not agent.uploads.acquire(blocking=False):
             raise ApiError(503, "too many peer uploads in progress; try another holder",
                            limit=agent.cfg.artifacts.max_peer_uploads)
         try:
-            status, headers, fileobj, length = artifacts.open_range(agent.store.path(digest),
-                                                                    self.headers.get("Range"))
+            opened = artifacts.open_growing(agent.store, digest, artifact["size"], self.headers.get("Range"))
+            if opened is None:
+                raise ApiError(404, "this node holds no part of that artifact yet; retry or try another holder")
+            status, headers, fileobj, length = opened
             with fileobj:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                if status in (200, 206):
-                    limiter = agent.bandwidth_limiter()
-                    remaining = length
-                    while remaining > 0:
-                        chunk = fileobj.read(min(65536, remaining))
-                        if not chunk:
-                            break
-                        if limiter:
-                            limiter.consume(len(chunk))
-                        self.wfile.write(chunk)
-                        remaining -= len(chunk)
+                sent = artifacts.copy_growing(fileobj, length, self.wfile.write, limiter=agent.upload_limiter)
+            if sent < length:
+                self.close_connection = True  # the reader sees a short body and resumes with Range
             event(log, "peer_upload", group=agent.cfg.group, node=agent.cfg.node_id, sha256=digest,
-                  bytes=length, status=status)
+                  bytes=sent, status=status)
         finally:
             agent.uploads.release()
 

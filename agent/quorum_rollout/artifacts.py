@@ -395,18 +395,29 @@ def _is_trust_failure(exc: Exception) -> bool:
     return isinstance(exc, TrustError) and not isinstance(exc, (MalformedManifest, ManifestTooLarge))
 
 
-def fetch_release(cfg: Any, store: Store, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
-                  highest_version: str | None, allow_downgrade: bool, log: Log = None,
-                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-                  backoff: float = 0.5) -> tuple[Manifest, Path, str]:
-    """Leader path: verified manifest + file from the first mirror (latency order) serving both.
+def _raise_all_failed(what: str, failures: list[tuple[str, Exception]]) -> None:
+    """The first trust refusal with every source's cause appended, else `MirrorUnavailable`."""
+    listing = "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in failures) or "no mirrors configured"
+    if len(listing) > 2000:
+        listing = listing[:2000] + "..."
+    trust = [e for _, e in failures if _is_trust_failure(e)]
+    if trust:
+        first = trust[0]
+        first.args = (f"{first.args[0]} [all mirrors failed: {listing}]",)
+        first.causes = failures
+        raise first
+    raise MirrorUnavailable(what, f"no mirror could serve it: {listing}", causes=failures)
 
-    Per mirror: GET manifest.json (at most max_manifest_bytes), `verify_manifest`, then download
-    the file unless the store has it. A failing mirror is logged ("mirror_failed") and the next
-    tried after `backoff * 2**(i-1)` s (max 10 s). If all fail, the first trust refusal (signature,
-    expiry, rollback, hash...) is raised with every mirror's cause appended, else
-    `MirrorUnavailable`. A missing/garbage/oversized manifest counts as unavailable. `DiskFull`
-    is local and raised at once.
+
+def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
+                   highest_version: str | None, allow_downgrade: bool, log: Log = None,
+                   session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                   backoff: float = 0.5) -> tuple[Manifest, str]:
+    """The verified manifest from the first mirror (latency order) serving a valid one.
+
+    A failing mirror is logged ("mirror_failed") and the next tried after `backoff * 2**(i-1)` s
+    (max 10 s): a hostile mirror must not block a good one. A missing/garbage/oversized manifest
+    counts as unavailable; trust refusals are raised (first one) when no mirror succeeds.
     """
     failures: list[tuple[str, Exception]] = []
     sess = session or requests.Session()
@@ -414,36 +425,71 @@ def fetch_release(cfg: Any, store: Store, version: str, policy: TrustPolicy, *, 
         for i, mirror in enumerate(order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess)):
             if i:
                 sleep(min(backoff * 2 ** (i - 1), 10.0))
-            base = f"{mirror}/{quote(cfg.name)}/{quote(version)}"
+            url = f"{mirror}/{quote(cfg.name)}/{quote(version)}/manifest.json"
             try:
                 manifest = verify_manifest(
-                    _get_manifest(sess, f"{base}/manifest.json", cfg), policy, now=now, name=cfg.name,
-                    version=version, group=group, max_bytes=cfg.max_manifest_bytes,
-                    highest_version=highest_version, allow_downgrade=allow_downgrade)
-                path = store.path(manifest.sha256) if store.has(manifest.sha256, manifest.size) else download(
-                    f"{base}/{quote(manifest.file)}", store, manifest.sha256, manifest.size, cfg=cfg, session=sess)
-            except DiskFull:
-                raise
+                    _get_manifest(sess, url, cfg), policy, now=now, name=cfg.name, version=version, group=group,
+                    max_bytes=cfg.max_manifest_bytes, highest_version=highest_version,
+                    allow_downgrade=allow_downgrade)
             except (ArtifactError, TrustError) as exc:
                 failures.append((mirror, exc))
-                _emit(log, "mirror_failed", "warning", mirror=mirror, version=version, error=str(exc),
+                _emit(log, "mirror_failed", "warning", mirror=mirror, version=version, error=str(exc)[:500],
                       kind=type(exc).__name__)
                 continue
-            _emit(log, "mirror_used", mirror=mirror, version=version, sha256=manifest.sha256, size=manifest.size)
-            return manifest, path, mirror
+            return manifest, mirror
     finally:
         if failures:
             invalidate(cfg.mirrors)
         if session is None:
             sess.close()
-    listing = "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in failures) or "no mirrors configured"
-    trust = [e for _, e in failures if _is_trust_failure(e)]
-    if trust:
-        first = trust[0]
-        first.args = (f"{first.args[0]} [all mirrors failed: {listing}]",)
-        first.causes = failures
-        raise first
-    raise MirrorUnavailable(f"{cfg.name} {version}", f"no mirror could serve it: {listing}", causes=failures)
+    _raise_all_failed(f"{cfg.name} {version}", failures)
+    raise AssertionError("unreachable")
+
+
+def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer: str | None = None,
+                          log: Log = None, session: requests.Session | None = None) -> tuple[Path, str]:
+    """The artifact of a verified manifest: from `prefer` (the mirror that served the manifest)
+    first, then the others in latency order. `DiskFull` is local and raised at once."""
+    if store.has(manifest.sha256, manifest.size):
+        return store.path(manifest.sha256), "local"
+    failures: list[tuple[str, Exception]] = []
+    sess = session or requests.Session()
+    try:
+        ordered = order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess)
+        for mirror in ([prefer] if prefer else []) + [m for m in ordered if m != prefer]:
+            url = f"{mirror}/{quote(cfg.name)}/{quote(manifest.version)}/{quote(manifest.file)}"
+            try:
+                path = download(url, store, manifest.sha256, manifest.size, cfg=cfg, session=sess)
+            except DiskFull:
+                raise
+            except (ArtifactError, TrustError) as exc:
+                failures.append((mirror, exc))
+                _emit(log, "mirror_failed", "warning", mirror=mirror, version=manifest.version,
+                      error=str(exc)[:500], kind=type(exc).__name__)
+                continue
+            _emit(log, "mirror_used", mirror=mirror, version=manifest.version, sha256=manifest.sha256,
+                  size=manifest.size)
+            return path, mirror
+    finally:
+        if failures:
+            invalidate(cfg.mirrors)
+        if session is None:
+            sess.close()
+    _raise_all_failed(f"{manifest.name} {manifest.version}", failures)
+    raise AssertionError("unreachable")
+
+
+def fetch_release(cfg: Any, store: Store, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
+                  highest_version: str | None, allow_downgrade: bool, log: Log = None,
+                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                  backoff: float = 0.5) -> tuple[Manifest, Path, str]:
+    """Leader path in one call: `fetch_manifest`, then `download_from_mirrors` preferring the
+    mirror that served the manifest. Returns (manifest, path, mirror the file came from)."""
+    manifest, mirror = fetch_manifest(cfg, version, policy, now=now, group=group, highest_version=highest_version,
+                                      allow_downgrade=allow_downgrade, log=log, session=session, sleep=sleep,
+                                      backoff=backoff)
+    path, used = download_from_mirrors(cfg, store, manifest, prefer=mirror, log=log, session=session)
+    return manifest, path, mirror if used == "local" else used
 
 
 # ---------------------------------------------------------------------------------------- peers
@@ -540,3 +586,48 @@ def open_range(path: str | Path, range_header: str | None) -> tuple[int, dict[st
     f.seek(start)
     return 206, {**headers, "Content-Range": f"bytes {start}-{end}/{size}",
                  "Content-Length": str(end - start + 1)}, f, end - start + 1
+
+
+def open_growing(store: Store, digest: str, size: int, range_header: str | None
+                 ) -> tuple[int, dict[str, str], BinaryIO, int] | None:
+    """Like `open_range`, but also for a file still being downloaded (the `.part`), so a member
+    can pass chunks on before it holds the whole file (pipelined transfer). The headers promise
+    the signed size; `copy_growing` then waits for the bytes. None when neither file exists."""
+    final, part = store.path(digest), store.partial(digest)
+    if final.exists():
+        return open_range(final, range_header)
+    try:
+        f = open(part, "rb")  # an open file survives the rename to the final name
+    except FileNotFoundError:
+        return None
+    span = _parse_range(range_header, size)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+    if span == (-1, -1):
+        f.close()
+        return 416, {**headers, "Content-Range": f"bytes */{size}", "Content-Length": "0"}, io.BytesIO(), 0
+    if span is None:
+        return 200, {**headers, "Content-Length": str(size)}, f, size
+    start, end = span
+    f.seek(start)
+    return 206, {**headers, "Content-Range": f"bytes {start}-{end}/{size}",
+                 "Content-Length": str(end - start + 1)}, f, end - start + 1
+
+
+def copy_growing(f: BinaryIO, length: int, write: Callable[[bytes], Any], *, limiter: TokenBucket | None = None,
+                 idle_timeout: float = 30.0, poll: float = 0.02) -> int:
+    """Send `length` bytes from `f`, waiting for a growing file; give up after `idle_timeout`
+    seconds without new bytes (the reader resumes with Range elsewhere). Returns bytes sent."""
+    sent, idle_since = 0, time.monotonic()
+    while sent < length:
+        chunk = f.read(min(CHUNK, length - sent))
+        if not chunk:
+            if time.monotonic() - idle_since > idle_timeout:
+                break
+            time.sleep(poll)
+            continue
+        idle_since = time.monotonic()
+        if limiter is not None:
+            limiter.consume(len(chunk))
+        write(chunk)
+        sent += len(chunk)
+    return sent

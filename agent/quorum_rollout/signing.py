@@ -246,21 +246,29 @@ class TrustPolicy:
                    threshold=artifacts_cfg.key_threshold, revoked=frozenset(artifacts_cfg.revoked_keys))
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() of attacker-controlled input, cut so it cannot bloat errors, logs and Raft state."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def _safe_segment(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedManifest(name, "must be a non-empty string")
+    if len(value) > 255:
+        raise MalformedManifest(name, f"{_short(value)} is longer than 255 characters")
     if "/" in value or "\\" in value or ".." in value or value == "." or any(ord(c) < 32 for c in value):
-        raise MalformedManifest(name, f"{value!r} must be a plain file name (no '/', '\\', '..' or control chars)")
+        raise MalformedManifest(name, f"{_short(value)} must be a plain file name (no '/', '\\', '..' or control chars)")
     return value
 
 
 def _parse_time(value: Any, name: str) -> datetime:
     if not isinstance(value, str) or not _TIME_RE.match(value):
-        raise MalformedManifest(name, f"{value!r} is not a UTC time like 2026-11-26T07:00:00Z")
+        raise MalformedManifest(name, f"{_short(value)} is not a UTC time like 2026-11-26T07:00:00Z")
     try:
         return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError as exc:
-        raise MalformedManifest(name, f"{value!r} is not a valid date ({exc})") from None
+        raise MalformedManifest(name, f"{_short(value)} is not a valid date ({exc})") from None
 
 
 def _parse_signed(signed: Any) -> Manifest:
@@ -339,8 +347,8 @@ def verify_manifest(raw: bytes, policy: TrustPolicy, *, now: Now, name: str, ver
                                "raise artifacts.max_manifest_bytes only if the manifest is genuine")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedManifest("manifest", f"not JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MalformedManifest("manifest", f"not JSON ({_short(str(exc), 200)})") from None
     if not isinstance(doc, dict):
         raise MalformedManifest("manifest", "must be a JSON object")
     for key in ("signed", "signatures"):
@@ -349,7 +357,11 @@ def verify_manifest(raw: bytes, policy: TrustPolicy, *, now: Now, name: str, ver
     parsed = _parse_signed(doc["signed"])
     sigs = _parse_signatures(doc["signatures"])
     what = f"{parsed.name} {parsed.version}"
-    signed_by = _check_signatures(what, canonical_json(doc["signed"]), sigs, policy)
+    try:
+        payload = canonical_json(doc["signed"])
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
+        raise MalformedManifest("signed", f"cannot be canonicalised ({_short(str(exc), 200)})") from None
+    signed_by = _check_signatures(what, payload, sigs, policy)
     moment = to_datetime(now)
     if moment >= parsed.expires:
         raise ExpiredManifest(f"{what}: manifest expired at {format_time(parsed.expires)} (now "
