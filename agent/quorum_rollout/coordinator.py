@@ -69,6 +69,15 @@ class RegistryReporter:
                       release=record.get("release_id"), step="registry", cause=str(exc))
 
 
+_LEADER_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify", fsm.VERIFIED: "verify"}
+REASON_LIMIT = 2000
+
+
+def clip(text: str, limit: int = REASON_LIMIT) -> str:
+    """Failure reasons are replicated, logged and shown: never let one grow without bound."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
 def registry_record(state: dict[str, Any]) -> dict[str, Any]:
     release = state["release"] or {}
     failure = release.get("failure") or {}
@@ -112,6 +121,10 @@ class Coordinator:
             self.reporter.submit(registry_record(state))
         if not release:
             return
+        step = _LEADER_STEPS.get(release["state"])
+        if step and self._overdue(release):
+            return self._fail(release, step, f"no progress in {release['state']} for "
+                              f"{self.cfg.rollout.step_deadline:g}s (rollout.step_deadline)")
         handler = {
             fsm.RUNNING_OLD: self._download,
             fsm.DOWNLOADED: self._verify,
@@ -119,8 +132,14 @@ class Coordinator:
             fsm.ROLLING: self._watch_batch,
             fsm.ROLLING_BACK: self._watch_rollback,
         }.get(release["state"])
-        if handler:
+        if handler is None:
+            return
+        try:
             handler(state, release)
+        except Exception as exc:  # a bug or an unforeseen input must fail the step, not wedge the release
+            if step is None:
+                raise
+            self._fail(release, step, f"unexpected {type(exc).__name__}: {exc}")
 
     def _propose(self, release: dict[str, Any], op: str, op_id: str, **args: Any) -> None:
         try:
@@ -132,6 +151,7 @@ class Coordinator:
             event(log, "proposal_rejected", level="warning", cause=result["reason"], **self._fields(release, op))
 
     def _fail(self, release: dict[str, Any], step: str, reason: str, host: str | None = None) -> None:
+        reason = clip(reason)
         event(log, "step_failed", level="error", host=host or self.cfg.node_id, cause=reason,
               **self._fields(release, step))
         self._propose(release, "fail", f"{release['id']}:fail:{step}", step=step,

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import artifacts, checks, fsm, install, signing
 from .config import AgentConfig
-from .coordinator import ensure_artifact
+from .coordinator import clip, ensure_artifact
 from .group import GroupNode, ProposalError
 from .log import event, get_logger
 
@@ -61,7 +61,7 @@ class Worker:
                 self._revert(release, fields)
             ok, step, reason = True, "done", None
         except StepFailed as exc:
-            ok, step, reason = False, exc.step, exc.reason
+            ok, step, reason = False, exc.step, clip(exc.reason)
             event(log, f"{phase}_failed", level="error", step=step, cause=reason, **fields)
         self._report(release, phase, op_id, ok, step, reason, fields)
 
