@@ -23,6 +23,7 @@ import copy
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 RUNNING_OLD = "running_old_release"
@@ -51,6 +52,7 @@ SKIPPED = "skipped"          # never touched: nothing to revert
 HISTORY_LIMIT = 200
 REJECTED_LIMIT = 50
 APPLIED_LIMIT = 512
+COMMAND_DEPTH_LIMIT = 12  # nesting allowed in a command; deeper data would break deepcopy/json later
 
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
@@ -78,7 +80,7 @@ def compare_versions(a: str, b: str) -> int:
 
 
 def valid_version(v: Any) -> bool:
-    return isinstance(v, str) and bool(_VERSION_RE.match(v)) and v not in (".", "..")
+    return isinstance(v, str) and bool(_VERSION_RE.fullmatch(v)) and v not in (".", "..")
 
 
 def initial_state(group: str) -> dict[str, Any]:
@@ -105,7 +107,8 @@ def plan_batches(members: list[str], leader: str | None, fraction: float, canary
     batches: list[list[str]] = []
     if canary and len(ordered) > 1:
         batches.append([ordered.pop(0)])
-    size = max(1, math.ceil(len(members) * fraction))
+    # Exact decimal arithmetic: with floats ceil(100 * 0.07) == 8, not 7.
+    size = max(1, math.ceil(Fraction(str(fraction)) * len(members)))
     batches.extend(ordered[i:i + size] for i in range(0, len(ordered), size))
     return batches
 
@@ -135,15 +138,18 @@ def apply(state: dict[str, Any], cmd: Any) -> tuple[dict[str, Any], Outcome]:
     """Apply one command; return the new state (the input is never mutated) and the outcome."""
     if not isinstance(cmd, dict) or not isinstance(cmd.get("op"), str):
         return _reject(state, cmd, "invalid", "command must be a dict with an 'op'")
+    if not _plain(cmd):
+        return _reject(state, cmd, "invalid", "command must be plain JSON-like data (str keys, lists, "
+                       f"str/int/float/bool/None), nested at most {COMMAND_DEPTH_LIMIT} levels")
     if cmd.get("id") is not None and cmd["id"] in state["applied"]:
         return state, Outcome("duplicate", "operation already applied")
     handler = _HANDLERS.get(cmd["op"])
     if handler is None:
         return _reject(state, cmd, "invalid", f"unknown op {cmd['op']!r}")
-    new = copy.deepcopy(state)
     try:
+        new = copy.deepcopy(state)
         outcome = handler(new, cmd)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except Exception as exc:  # total: nothing may escape into the Raft thread
         return _reject(state, cmd, "invalid", f"malformed {cmd['op']} command: {exc!r}")
     if outcome.code not in ("accepted", "noop"):
         return _reject(state, cmd, outcome.code, outcome.reason)
@@ -157,11 +163,45 @@ def _reject(state: dict[str, Any], cmd: Any, code: str, reason: str) -> tuple[di
     new["seq"] = state["seq"] + 1
     entry = {"seq": new["seq"], "reason": reason, "code": code}
     if isinstance(cmd, dict):
-        entry.update({k: cmd.get(k) for k in ("op", "id", "actor", "time", "term")})
-        if cmd.get("id") is not None:
+        entry.update({k: cmd.get(k) if _plain(cmd.get(k)) else f"<{type(cmd.get(k)).__name__}>"
+                      for k in ("op", "id", "actor", "time", "term")})
+        if cmd.get("id") is not None and _plain(cmd["id"]):
             new["applied"] = (state["applied"] + [cmd["id"]])[-APPLIED_LIMIT:]
     new["rejected"] = (state["rejected"] + [entry])[-REJECTED_LIMIT:]
     return new, Outcome(code, reason)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """JSON-shaped data of bounded depth: what may be copied from a command into the state."""
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return True
+    if depth >= COMMAND_DEPTH_LIMIT:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _term(cmd: dict[str, Any]) -> int:
+    """The proposer's Raft term: a non-negative int (absent means 0)."""
+    term = cmd.get("term")
+    if term is None:
+        return 0
+    if isinstance(term, bool) or not isinstance(term, int) or term < 0:
+        raise ValueError(f"term must be a non-negative integer, got {term!r}")
+    return term
+
+
+def _flag(cmd: dict[str, Any], name: str) -> bool:
+    """An optional boolean argument: a string such as "false" must not count as true."""
+    value = cmd.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a boolean, got {value!r}")
+    return value
 
 
 def _record(state: dict[str, Any], cmd: dict[str, Any], frm: str | None, detail: str = "") -> None:
@@ -186,7 +226,7 @@ def _release_for(state: dict[str, Any], cmd: dict[str, Any]) -> dict[str, Any] |
 
 def _fence(release: dict[str, Any], cmd: dict[str, Any]) -> Outcome | None:
     """Leader commands from an older Raft term than the release has seen are stale."""
-    term = int(cmd.get("term") or 0)
+    term = _term(cmd)
     if term < release["term"]:
         return Outcome("invalid", f"stale leader command from term {term} < {release['term']}")
     release["term"] = term
@@ -201,23 +241,28 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     if not valid_version(version):
         return Outcome("invalid", f"version {version!r} is not a valid version string")
     members = cmd["members"]
-    if not members or not all(isinstance(m, str) for m in members) or len(set(members)) != len(members):
+    if (not isinstance(members, (list, tuple)) or not members
+            or not all(isinstance(m, str) and m for m in members) or len(set(members)) != len(members)):
         return Outcome("invalid", "members must be a non-empty list of distinct node ids")
-    fraction = float(cmd.get("batch_fraction", 0.1))
+    raw_fraction = cmd.get("batch_fraction", 0.1)
+    if isinstance(raw_fraction, bool) or not isinstance(raw_fraction, (int, float)):
+        return Outcome("invalid", f"batch_fraction must be a number, got {raw_fraction!r}")
+    fraction = float(raw_fraction)
     if not 0 < fraction <= 1:
         return Outcome("invalid", f"batch_fraction must be in (0, 1], got {fraction}")
+    allow_downgrade, canary = _flag(cmd, "allow_downgrade"), _flag(cmd, "canary")
     release = state["release"]
     if release and release["state"] not in TERMINAL:
         if release["version"] == version:
             return Outcome("noop", f"release {version} already in progress ({release['state']})")
         return Outcome("conflict", f"release {release['version']} is in progress ({release['state']})")
-    if version == state["current_version"] and not cmd.get("allow_downgrade"):
+    if version == state["current_version"] and not allow_downgrade:
         return Outcome("noop", f"group already runs {version}")
     highest = state["highest_version"]
-    if highest and compare_versions(version, highest) < 0 and not cmd.get("allow_downgrade"):
+    if highest and compare_versions(version, highest) < 0 and not allow_downgrade:
         return Outcome("invalid", f"version {version} is lower than {highest}, the highest the group ran "
                        "(rollback protection); ask for allow_downgrade to go back on purpose")
-    _new_release(state, cmd, version, sorted(members), fraction, bool(cmd.get("canary")), attempt=1)
+    _new_release(state, cmd, version, sorted(members), fraction, canary, attempt=1)
     return Outcome("accepted")
 
 
@@ -229,7 +274,7 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
         "id": f"{version}#{state['releases_started']}",
         "version": version,
         "previous_version": state["current_version"],
-        "allow_downgrade": bool(cmd.get("allow_downgrade")),
+        "allow_downgrade": _flag(cmd, "allow_downgrade"),
         "attempt": attempt,
         "state": RUNNING_OLD,
         "paused_from": None,
@@ -247,7 +292,7 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
         "started_at": cmd.get("time"),
         "updated_at": cmd.get("time"),
         "step_started_at": cmd.get("time"),
-        "term": int(cmd.get("term") or 0),
+        "term": _term(cmd),
     }
     _record(state, cmd, prev, f"start {version}")
 
@@ -360,7 +405,7 @@ def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 def _fail(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     """A leader-observed failure (download, verify, deadline): roll back."""
     release = _release_for(state, cmd)
-    if release is None or release["state"] not in FORWARD + (PAUSED,):
+    if release is None or release["state"] not in (*FORWARD, PAUSED):
         return Outcome("invalid", "fail: no release in a forward state")
     fenced = _fence(release, cmd)
     if fenced:
@@ -376,7 +421,9 @@ def _host_done(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = _release_for(state, cmd)
     if release is None:
         return Outcome("invalid", "host_done: not the current release")
-    host, phase, ok = cmd["host"], cmd["phase"], bool(cmd["ok"])
+    host, phase, ok = cmd["host"], cmd["phase"], cmd["ok"]
+    if not isinstance(ok, bool):
+        return Outcome("invalid", f"host_done: ok must be a boolean, got {ok!r}")
     if host not in release["hosts"]:
         return Outcome("invalid", f"host_done: {host} is not a member of the release")
     entry = release["hosts"][host]
