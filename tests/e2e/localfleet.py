@@ -1,0 +1,301 @@
+"""A local "fleet" for the e2e tests and scripts/demo.py: N inventory hosts on one machine.
+
+Every host is `ansible_connection=local` with its own loopback address (127.a.b.2, .3, ...) and its
+own path prefix (`<base>/hosts/<name>/`), runs the `process` service manager and the demo service.
+The hosts share one virtualenv for the agent (installing it 12 times on one machine is wasted time;
+the role serialises the install with flock). A real HTTP mirror (tests/support/mirror.py) serves
+releases signed with a controller key.
+
+Every process started for the fleet (mirror, agents, demo services) is found again by PID (the
+mirror's PID, the agents' and demo services' pidfiles) and stopped by `stop()`, which checks that
+each PID still runs one of this fleet's programs before signalling it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+MIRROR_PORT = 8000
+APP_PORT = 8080
+PLAYBOOK_ENV = {
+    "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+    "ANSIBLE_FORKS": "16",
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_FORCE_COLOR": "0",
+    "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    "ANSIBLE_PIPELINING": "1",
+    "ANSIBLE_DEPRECATION_WARNINGS": "0",
+    "ANSIBLE_LOCALHOST_WARNING": "0",
+    "PYTHONUNBUFFERED": "1",
+    "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "e2e" / "callback_plugins"),
+    "ANSIBLE_CALLBACKS_ENABLED": "task_timer",
+}
+
+
+def free_subnet() -> str:
+    """A random 127.a.b prefix whose mirror address is free, so concurrent runs never share addresses."""
+    for _ in range(50):
+        subnet = f"127.{random.randint(20, 250)}.{random.randint(1, 250)}"
+        with socket.socket() as s:
+            try:
+                s.bind((f"{subnet}.1", MIRROR_PORT))
+            except OSError:
+                continue
+        return subnet
+    raise RuntimeError("no free 127.a.b.0/24 subnet found")
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+@dataclass
+class FleetHost:
+    name: str
+    ip: str
+    cpu: str
+    zone: str
+    prefix: Path
+
+    @property
+    def group(self) -> str:
+        return f"{self.cpu}-{self.zone}"
+
+    @property
+    def app_root(self) -> Path:
+        return self.prefix / "opt" / "demo-app"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.prefix / "var" / "lib" / "quorum-rollout"
+
+    @property
+    def config_file(self) -> Path:
+        return self.prefix / "etc" / "quorum-rollout" / "agent.yml"
+
+    def current(self) -> str | None:
+        link = self.app_root / "current"
+        return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{self.ip}:{APP_PORT}/health", timeout=3) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+class LocalFleet:
+    """`cpus` x `zones` x `per_group` hosts under `base`, with a mirror and a release key."""
+
+    def __init__(self, base: Path, *, cpus: tuple[str, ...] = ("intel", "amd"), zones: tuple[str, ...] = ("eu1a", "eu1b"),
+                 per_group: int = 3, subnet: str | None = None, python: str = PY,
+                 wheelhouse: Path | None = None, step_deadline: float = 60.0) -> None:
+        self.base = Path(base).resolve()
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.subnet = subnet or free_subnet()
+        self.python = python
+        self.wheelhouse = wheelhouse
+        self.step_deadline = step_deadline
+        self.mirror_dir = self.base / "mirror"
+        self.key_prefix = self.base / "keys" / "release"
+        self.inventory = self.base / "inventory.yml"
+        self.controller_dir = self.base / ".quorum-rollout"  # the role's default: next to the inventory
+        self.state_file = self.base / "fleet.json"
+        self.log_dir = self.base / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        self.mirror_pid: int | None = None
+        self.hosts: list[FleetHost] = []
+        n = 2
+        for cpu in cpus:
+            for zone in zones:
+                for i in range(1, per_group + 1):
+                    name = f"{cpu}-{zone}-{i}"
+                    self.hosts.append(FleetHost(name, f"{self.subnet}.{n}", cpu, zone, self.base / "hosts" / name))
+                    n += 1
+
+    @property
+    def mirror_url(self) -> str:
+        return f"http://{self.subnet}.1:{MIRROR_PORT}"
+
+    @property
+    def groups(self) -> dict[str, list[FleetHost]]:
+        out: dict[str, list[FleetHost]] = {}
+        for host in self.hosts:
+            out.setdefault(host.group, []).append(host)
+        return out
+
+    # -- material --------------------------------------------------------------------------------
+
+    def public_key(self) -> str:
+        return (self.key_prefix.with_suffix(".pub")).read_text().strip()
+
+    def write_inventory(self) -> Path:
+        """The inventory: every value a site would set; all the rest are the roles' defaults."""
+        common: dict[str, Any] = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": self.python,
+            "quorum_rollout_service_manager": "process",
+            "quorum_rollout_prefix": str(self.base / "hosts") + "/{{ inventory_hostname }}",
+            # One virtualenv for all the hosts of this machine (the role serialises its install).
+            "quorum_rollout_venv": str(self.base / "venv"),
+            "quorum_rollout_python": self.python,
+            "quorum_rollout_artifact_name": "demo-app",
+            "quorum_rollout_mirrors": [self.mirror_url],
+            "quorum_rollout_trusted_keys": [self.public_key()],
+            "quorum_rollout_restart_command": "{{ demo_app_restart_command }}",
+            "quorum_rollout_preflight_checks": "{{ demo_app_preflight_checks }}",
+            "quorum_rollout_step_deadline": self.step_deadline,
+            "quorum_rollout_log_level": "info",
+            "demo_app_python": self.python,
+            "demo_app_cpu": "{{ quorum_rollout_cpu }}",
+        }
+        if self.wheelhouse:
+            common["quorum_rollout_wheelhouse"] = str(self.wheelhouse)
+        hosts = {h.name: {"ansible_host": h.ip, "quorum_rollout_cpu": h.cpu, "quorum_rollout_zone": h.zone}
+                 for h in self.hosts}
+        doc = {"all": {"vars": common, "hosts": hosts,
+                       "children": {"demo_app": {"hosts": {h.name: None for h in self.hosts}}}}}
+        self.inventory.write_text("# generated by tests/e2e/localfleet.py\n" + yaml.safe_dump(doc, sort_keys=False))
+        return self.inventory
+
+    # -- running Ansible -------------------------------------------------------------------------
+
+    def playbook(self, playbook: str, *args: str, timeout: float = 600, log: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **PLAYBOOK_ENV, "PATH": f"{Path(PY).parent}:{os.environ.get('PATH', '')}"}
+        cmd = [str(Path(PY).parent / "ansible-playbook"), "-i", str(self.inventory), str(REPO / playbook), *args]
+        started = time.monotonic()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        name = log or Path(playbook).stem
+        (self.log_dir / f"{name}.log").write_text(
+            f"$ {' '.join(cmd)}\n# rc={proc.returncode} in {time.monotonic() - started:.1f}s\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr}")
+        return proc
+
+    def publish(self, version: str, broken_on: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        args = ["-e", f"version={version}", "-e", f"mirror_dir={self.mirror_dir}", "-e",
+                f"signing_key={self.key_prefix}", "-e", f"build_dir={self.base / 'build'}"]
+        if broken_on:
+            args += ["-e", f"broken_on={','.join(broken_on)}"]
+        return self.playbook("playbooks/publish.yml", *args, log=f"publish-{version}")
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def start_mirror(self) -> None:
+        self.mirror_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / "mirror.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen([PY, str(REPO / "tests" / "support" / "mirror.py"), "--bind", f"{self.subnet}.1",
+                                 "--port", str(MIRROR_PORT), "--root", str(self.mirror_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.mirror_pid = proc.pid
+        self.save_state()
+
+        def up() -> bool:
+            with socket.create_connection((f"{self.subnet}.1", MIRROR_PORT), timeout=1):
+                return True
+        wait_until(up, 15, "the mirror to listen")
+
+    @classmethod
+    def load(cls, base: Path, **kw: Any) -> LocalFleet:
+        """The fleet recorded in `<base>/fleet.json` (same addresses, mirror PID)."""
+        state = json.loads((Path(base) / "fleet.json").read_text())
+        fleet = cls(Path(base), subnet=state["subnet"], **kw)
+        fleet.mirror_pid = state.get("mirror_pid")
+        return fleet
+
+    def save_state(self) -> None:
+        self.state_file.write_text(json.dumps({"subnet": self.subnet, "mirror_pid": self.mirror_pid,
+                                               "base": str(self.base)}, indent=2))
+
+    def pids(self) -> dict[int, str]:
+        """PID -> what it is, for every process of this fleet that is recorded somewhere."""
+        found: dict[int, str] = {}
+        if self.mirror_pid:
+            found[self.mirror_pid] = "mirror"
+        for host in self.hosts:
+            for pidfile, what in ((host.data_dir / "agent.pid", "agent"), (host.app_root / "demo.pid", "demo")):
+                try:
+                    found[int(pidfile.read_text().strip())] = f"{what} {host.name}"
+                except (OSError, ValueError):
+                    pass
+        return found
+
+    def _ours(self, pid: int) -> bool:
+        """True when `pid` runs one of this fleet's programs (guards against a recycled PID)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        return str(self.base) in cmdline or (f"{self.subnet}." in cmdline)
+
+    def stop(self, timeout: float = 15) -> list[str]:
+        """Stop every recorded process by PID: SIGTERM, then SIGKILL after `timeout`. Returns what it stopped."""
+        pids = {pid: what for pid, what in self.pids().items() if self._ours(pid)}
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        alive = set(pids)
+        while alive and time.monotonic() < deadline:
+            alive = {pid for pid in alive if self._alive(pid)}
+            if alive:
+                time.sleep(0.1)
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return [f"{what} (pid {pid})" for pid, what in sorted(pids.items())]
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+
+RECAP_RE = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counts per host."""
+    return {m[1]: {"ok": int(m[2]), "changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
+            for m in RECAP_RE.finditer(output)}

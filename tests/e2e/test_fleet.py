@@ -1,0 +1,203 @@
+"""Real `ansible-playbook` runs against a local 12-host inventory: 2 CPU kinds x 2 zones x 3 hosts.
+
+The steps build on each other (one fleet per module) and run in file order; a step whose
+predecessor failed is skipped rather than failing for the same reason again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.localfleet import PY, LocalFleet, recap, wait_until
+
+pytestmark = pytest.mark.e2e
+
+_failed: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _in_order(request: pytest.FixtureRequest) -> Iterator[None]:
+    if _failed:
+        pytest.skip(f"an earlier step failed: {_failed[0]}")
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        _failed.append(request.node.name)
+
+
+def _ok(proc: subprocess.CompletedProcess[str], what: str) -> str:
+    assert proc.returncode == 0, f"{what} failed (rc {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _lines_of_last_debug(output: str) -> list[str]:
+    """The list printed by the last `debug: msg=[...]` task of a run."""
+    blocks = re.findall(r'"msg": \[\n(.*?)\n    \]', output, re.S)
+    assert blocks, f"no list printed:\n{output[-3000:]}"
+    return [json.loads(line.strip().rstrip(",")) for line in blocks[-1].splitlines()]
+
+
+def test_publish_releases(fleet: LocalFleet) -> None:
+    """playbooks/publish.yml signs and publishes 2.4 (good) and 2.5 (broken on AMD) to the mirror."""
+    _ok(fleet.publish("2.4"), "publish 2.4")
+    _ok(fleet.publish("2.5", broken_on=("amd",)), "publish 2.5")
+    for version in ("2.4", "2.5"):
+        manifest = json.loads((fleet.mirror_dir / "demo-app" / version / "manifest.json").read_text())
+        assert manifest["signed"]["version"] == version
+        assert (fleet.mirror_dir / "demo-app" / version / f"demo-app-{version}.tar.gz").is_file()
+    assert stat.S_IMODE(fleet.key_prefix.with_suffix(".key").stat().st_mode) == 0o600
+    fleet.write_inventory()
+    fleet.start_mirror()
+
+
+def test_site_installs_every_agent(fleet: LocalFleet) -> None:
+    started = time.monotonic()
+    _ok(fleet.playbook("site.yml", log="site-1"), "site.yml")
+    print(f"site.yml (first run) took {time.monotonic() - started:.0f}s")
+
+    # Every host runs an agent and the demo service 2.3; every group elected a leader.
+    assert sorted(what.split()[0] for what in fleet.pids().values()).count("agent") == 12
+    for host in fleet.hosts:
+        assert host.current() == "2.3"
+        assert host.health() == (200, {"status": "ok", "version": "2.3"})
+    for group, members in fleet.groups.items():
+        out = subprocess.run([str(fleet.base / "venv" / "bin" / "quorum-rollout"), "status", "--json", "-c",
+                              str(members[0].config_file)], capture_output=True, text=True, check=True)
+        doc = json.loads(out.stdout)
+        assert doc["group"] == group
+        assert doc["node"]["leader"] in {m.name for m in members}
+
+    # Secrets: 0600 on hosts and controller; data dir 0700; controller dir 0700.
+    for host in fleet.hosts:
+        etc = host.config_file.parent
+        for name in ("raft.secret", "api.token"):
+            assert stat.S_IMODE((etc / name).stat().st_mode) == 0o600, f"{host.name} {name}"
+        assert stat.S_IMODE(host.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(fleet.controller_dir.stat().st_mode) == 0o700
+    secrets = sorted(p.name for p in (fleet.controller_dir / "groups").iterdir())
+    assert secrets == sorted(f"{g}.secret" for g in fleet.groups)
+    for path in [*(fleet.controller_dir / "groups").iterdir(), *(fleet.controller_dir / "tokens").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # Members of one group share its secret; groups do not share one.
+    by_group = {g: {(h.config_file.parent / "raft.secret").read_text() for h in hs} for g, hs in fleet.groups.items()}
+    assert all(len(s) == 1 for s in by_group.values())
+    assert len({next(iter(s)) for s in by_group.values()}) == 4
+
+
+def test_site_again_changes_nothing(fleet: LocalFleet) -> None:
+    pids = fleet.pids()
+    started = time.monotonic()
+    out = _ok(fleet.playbook("site.yml", log="site-2"), "site.yml (second run)")
+    print(f"site.yml (second run) took {time.monotonic() - started:.0f}s")
+    counts = recap(out)
+    assert len(counts) == 12
+    changed = {host: c["changed"] for host, c in counts.items() if c["changed"]}
+    assert not changed, f"second run changed something: {changed}"
+    assert fleet.pids() == pids, "a second run restarted processes"
+
+
+def test_check_mode_predicts_and_changes_nothing(fleet: LocalFleet) -> None:
+    """A config drifted on one host: --check reports that host only and leaves the file and agent alone."""
+    host = fleet.hosts[0]
+    drifted = host.config_file.read_text() + "# edited by hand\n"
+    host.config_file.write_text(drifted)
+    pids = fleet.pids()
+    out = _ok(fleet.playbook("site.yml", "--check", log="site-check"), "site.yml --check")
+    counts = recap(out)
+    assert counts[host.name]["changed"] >= 1
+    assert {h: c["changed"] for h, c in counts.items() if c["changed"] and h != host.name} == {}
+    assert host.config_file.read_text() == drifted
+    assert fleet.pids() == pids
+
+
+def test_release_24_reaches_every_group(fleet: LocalFleet) -> None:
+    started = time.monotonic()
+    out = _ok(fleet.playbook("release.yml", "-e", "version=2.4", "-e", "rollout_timeout=240", "-e", "rollout_poll=1",
+                             log="release-2.4"), "release.yml -e version=2.4")
+    print(f"release.yml -e version=2.4 took {time.monotonic() - started:.0f}s")
+    lines = _lines_of_last_debug(out)
+    assert len(lines) == 4, lines
+    for group, line in zip(sorted(fleet.groups), lines):
+        assert line.split()[:3] == [group, "current", "2.4"], line
+    for host in fleet.hosts:
+        assert host.current() == "2.4", host.name
+        assert host.health() == (200, {"status": "ok", "version": "2.4"}), host.name
+
+
+def test_release_25_rolls_back_on_amd_only(fleet: LocalFleet) -> None:
+    proc = fleet.playbook("release.yml", "-e", "version=2.5", "-e", "rollout_timeout=240", "-e", "rollout_poll=1",
+                          log="release-2.5")
+    out = proc.stdout
+    assert proc.returncode != 0, f"release of a release broken on AMD succeeded:\n{out[-4000:]}"
+    lines = dict((line.split()[0], line) for line in _lines_of_last_debug(out))
+    assert sorted(lines) == sorted(fleet.groups)
+    for group, members in fleet.groups.items():
+        if group.startswith("amd-"):
+            assert lines[group].split()[1:3] == ["rolled_back", "2.5"], lines[group]
+            failed = re.search(r"failed host (\S+) at (\S+): (.*)", lines[group])
+            assert failed and failed[1] in {m.name for m in members}, lines[group]
+            assert "500" in failed[3], lines[group]
+            # The failure message of the failed task names the group, the host and the reason too.
+            assert re.search(rf"group {group}: release 2\.5 rolled_back: host {failed[1]} failed at", out), group
+            for host in members:
+                assert host.current() == "2.4", host.name
+                assert host.health() == (200, {"status": "ok", "version": "2.4"}), host.name
+        else:
+            assert lines[group].split()[1:3] == ["current", "2.5"], lines[group]
+            for host in members:
+                assert host.current() == "2.5", host.name
+                assert host.health() == (200, {"status": "ok", "version": "2.5"}), host.name
+    counts = recap(out)
+    assert {h for h, c in counts.items() if c["failed"]} == {fleet.groups[g][0].name for g in fleet.groups
+                                                            if g.startswith("amd-")}
+
+
+def test_status_module_and_lookup_agree(fleet: LocalFleet) -> None:
+    out = _ok(fleet.playbook("playbooks/status.yml", log="status"), "status.yml")
+    lines = _lines_of_last_debug(out)
+    assert len(lines) == 4
+    for line in lines:
+        group = line.split()[0]
+        assert "lookup disagrees" not in line, line
+        if group.startswith("amd-"):
+            assert re.search(r"runs 2\.4\s+release 2\.5\s+rolled_back", line), line
+            assert "failed host amd-" in line, line
+        else:
+            assert re.search(r"runs 2\.5\s+release 2\.5\s+current", line), line
+
+
+def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
+    """Start 2.6 in one group behind Ansible's back; release.yml for 2.6 attaches (no new start) and waits."""
+    archive = fleet.base / "build" / "demo-app-2.6.tar.gz"
+    build = fleet.base / "build" / "2.6"
+    build.mkdir(parents=True)
+    (build / "VERSION").write_text("2.6\n")
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(build), "VERSION", "-C",
+                    str(Path(__file__).resolve().parents[2] / "roles" / "demo_app" / "files"), "demo_app.py"],
+                   check=True)
+    subprocess.run([PY, "-m", "quorum_rollout", "sign", str(archive), "--name", "demo-app", "--version", "2.6",
+                    "--key", str(fleet.key_prefix.with_suffix(".key")), "--mirror-dir", str(fleet.mirror_dir)],
+                   check=True, capture_output=True)
+    group = "intel-eu1a"
+    members = fleet.groups[group]
+    cli = str(fleet.base / "venv" / "bin" / "quorum-rollout")
+    subprocess.run([cli, "release", "2.6", "-c", str(members[0].config_file)], check=True, capture_output=True,
+                   env={**os.environ, "NO_PROXY": "*"})
+    out = _ok(fleet.playbook("release.yml", "-e", "version=2.6", "-e", f"rollout_groups={group}", "-e",
+                             "rollout_poll=1", "-e", "rollout_timeout=240", log="release-2.6"), "release.yml 2.6")
+    start = out.split("TASK [Send the command to each group]", 1)[1].split("TASK [", 1)[0]
+    assert f"ok: [{members[0].name} -> localhost]" in start, start
+    lines = _lines_of_last_debug(out)
+    assert len(lines) == 1 and lines[0].split()[:3] == [group, "current", "2.6"], lines
+    wait_until(lambda: all(h.current() == "2.6" for h in members), 10, "2.6 on every member")
+    # The other groups were left alone.
+    assert {h.current() for g, hs in fleet.groups.items() if g != group for h in hs} <= {"2.4", "2.5"}
