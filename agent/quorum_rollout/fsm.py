@@ -70,10 +70,15 @@ class Outcome:
 
 
 def compare_versions(a: str, b: str) -> int:
-    """Compare dotted versions: numeric parts numerically ("2.4" < "2.10"), others as text."""
+    """Compare versions `main[-pre][+build]`: main parts numerically ("2.4" < "2.10"), a
+    pre-release before its release ("2.5-rc1" < "2.5"), build metadata ignored."""
 
-    def key(v: str) -> list[tuple[int, int, str]]:
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.+-]", v)]
+    def parts(text: str) -> list[tuple[int, int, str]]:
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.]", text) if p != ""]
+
+    def key(v: str) -> tuple[list[tuple[int, int, str]], int, list[tuple[int, int, str]]]:
+        main, _, pre = v.split("+", 1)[0].partition("-")
+        return parts(main), 0 if pre else 1, parts(pre.replace("-", "."))
 
     ka, kb = key(a), key(b)
     return (ka > kb) - (ka < kb)
@@ -159,14 +164,14 @@ def apply(state: dict[str, Any], cmd: Any) -> tuple[dict[str, Any], Outcome]:
 
 
 def _reject(state: dict[str, Any], cmd: Any, code: str, reason: str) -> tuple[dict[str, Any], Outcome]:
-    new = dict(state)  # shallow: only 'rejected', 'seq' and 'applied' change
+    # Not recorded in `applied`: the same operation id may be proposed again once the state
+    # allows it (e.g. a step a deposed leader proposed too early is re-done by the new leader).
+    new = dict(state)  # shallow: only 'rejected' and 'seq' change
     new["seq"] = state["seq"] + 1
     entry = {"seq": new["seq"], "reason": reason, "code": code}
     if isinstance(cmd, dict):
         entry.update({k: cmd.get(k) if _plain(cmd.get(k)) else f"<{type(cmd.get(k)).__name__}>"
                       for k in ("op", "id", "actor", "time", "term")})
-        if cmd.get("id") is not None and _plain(cmd["id"]):
-            new["applied"] = (state["applied"] + [cmd["id"]])[-APPLIED_LIMIT:]
     new["rejected"] = (state["rejected"] + [entry])[-REJECTED_LIMIT:]
     return new, Outcome(code, reason)
 
@@ -192,6 +197,11 @@ def _term(cmd: dict[str, Any]) -> int:
     if isinstance(term, bool) or not isinstance(term, int) or term < 0:
         raise ValueError(f"term must be a non-negative integer, got {term!r}")
     return term
+
+
+def _running_version(cmd: dict[str, Any]) -> str | None:
+    value = cmd.get("running_version")
+    return value if valid_version(value) else None
 
 
 def _flag(cmd: dict[str, Any], name: str) -> bool:
@@ -270,10 +280,11 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
                  fraction: float, canary: bool, attempt: int) -> None:
     state["releases_started"] += 1
     prev = state["release"]["state"] if state["release"] else None
+    previous = state["current_version"] if state["current_version"] is not None else _running_version(cmd)
     state["release"] = {
         "id": f"{version}#{state['releases_started']}",
         "version": version,
-        "previous_version": state["current_version"],
+        "previous_version": previous,
         "allow_downgrade": _flag(cmd, "allow_downgrade"),
         "attempt": attempt,
         "state": RUNNING_OLD,
@@ -284,10 +295,11 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
         "batches": [],
         "batch": None,
         "rollback": [],
-        "hosts": {m: {"status": PENDING, "version": state["current_version"], "step": None, "detail": None}
+        "hosts": {m: {"status": PENDING, "version": previous, "previous": previous, "step": None, "detail": None}
                   for m in members},
         "artifact": None,
         "holders": [],
+        "source": None,
         "failure": None,
         "started_at": cmd.get("time"),
         "updated_at": cmd.get("time"),
@@ -355,6 +367,57 @@ def _retry(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 # --- leader commands -------------------------------------------------------------------------
 
 
+def _set_artifact(release: dict[str, Any], cmd: dict[str, Any]) -> Outcome | None:
+    """Record the verified manifest's artifact and plan the batches (the proposing leader last)."""
+    artifact = cmd.get("artifact")
+    if artifact is None and release["artifact"] is not None:
+        return None
+    if not isinstance(artifact, dict):
+        return Outcome("invalid", "artifact must be an object")
+    new = {k: artifact[k] for k in ("sha256", "size", "file", "manifest", "mirror")}
+    if release["artifact"] is not None:
+        if release["artifact"]["sha256"] != new["sha256"]:
+            return Outcome("invalid", "artifact differs from the one already committed for this release")
+        return None
+    release["artifact"] = new
+    release["source"] = cmd["actor"]
+    release["batches"] = plan_batches(release["members"], cmd["actor"], release["batch_fraction"],
+                                      release["canary"])
+    return None
+
+
+def _manifest(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The leader verified the manifest and starts downloading the file: members may now fetch
+    it from the leader (pipelined, while it downloads) before their batch opens."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != RUNNING_OLD:
+        return Outcome("invalid", "manifest: release not in running_old_release")
+    fenced = _fence(release, cmd)
+    if fenced:
+        return fenced
+    if release["artifact"] is not None:
+        return Outcome("noop", "manifest already committed")
+    refused = _set_artifact(release, cmd)
+    if refused:
+        return refused
+    _record(state, cmd, RUNNING_OLD, f"manifest verified, sha256 {release['artifact']['sha256'][:12]}")
+    return Outcome("accepted")
+
+
+def _holder(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A member holds the verified artifact: others may fetch it from there."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] in TERMINAL or release["artifact"] is None:
+        return Outcome("invalid", "holder: no active release with an artifact")
+    host = cmd["host"]
+    if host not in release["hosts"]:
+        return Outcome("invalid", f"holder: {host} is not a member of the release")
+    if host in release["holders"]:
+        return Outcome("noop", f"{host} already holds the artifact")
+    release["holders"].append(host)
+    return Outcome("accepted")
+
+
 def _downloaded(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = _release_for(state, cmd)
     if release is None or release["state"] != RUNNING_OLD:
@@ -362,11 +425,12 @@ def _downloaded(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     fenced = _fence(release, cmd)
     if fenced:
         return fenced
-    artifact = cmd["artifact"]
-    release["artifact"] = {k: artifact[k] for k in ("sha256", "size", "file", "manifest", "mirror")}
-    release["holders"] = [cmd["actor"]]
-    release["batches"] = plan_batches(release["members"], cmd["actor"], release["batch_fraction"],
-                                      release["canary"])
+    refused = _set_artifact(release, cmd)
+    if refused:
+        return refused
+    artifact = release["artifact"]
+    if cmd["actor"] not in release["holders"]:
+        release["holders"].insert(0, cmd["actor"])
     release["state"] = DOWNLOADED
     release["step_started_at"] = cmd.get("time")
     _record(state, cmd, RUNNING_OLD, f"from {artifact.get('mirror')}")
@@ -432,6 +496,8 @@ def _host_done(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         if release["state"] not in (ROLLING, PAUSED) or not in_batch or entry["status"] != PENDING:
             return Outcome("invalid", f"host_done(install): {host} has no open install step")
         entry.update(status=UPDATED if ok else FAILED, step=cmd.get("step"), detail=cmd.get("reason"))
+        previous = cmd.get("previous")
+        entry["previous"] = previous if valid_version(previous) else release["previous_version"]
         if ok:
             entry["version"] = release["version"]
             if host not in release["holders"]:
@@ -446,7 +512,8 @@ def _host_done(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         if release["state"] != ROLLING_BACK or entry["status"] != REVERT or host not in release["rollback"][0]:
             return Outcome("invalid", f"host_done(revert): {host} has no open revert step")
         entry.update(status=REVERTED if ok else REVERT_FAILED, step=cmd.get("step"), detail=cmd.get("reason"))
-        entry["version"] = release["previous_version"] if ok else entry["version"]
+        if ok:
+            entry["version"] = entry["previous"] if entry["previous"] is not None else release["previous_version"]
         _record(state, cmd, ROLLING_BACK, f"{host} {'reverted' if ok else 'revert failed'}")
         _advance_rollback(state, cmd)
         return Outcome("accepted")
@@ -525,12 +592,26 @@ def _advance_rollback(state: dict[str, Any], cmd: dict[str, Any]) -> None:
         _record(state, cmd, ROLLING_BACK, "group back on " + str(release["previous_version"]))
 
 
+def _operator(handler: Any) -> Any:
+    """Operator commands act on the group's latest release; when they name one (`release`), only
+    on that one, so an abort meant for attempt #1 cannot hit a retry's attempt #2."""
+    def checked(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+        named = cmd.get("release")
+        if named is not None and (state["release"] is None or state["release"]["id"] != named):
+            latest = state["release"]["id"] if state["release"] else None
+            return Outcome("conflict", f"release {named!r} is not the group's latest release ({latest!r})")
+        return handler(state, cmd)
+    return checked
+
+
 _HANDLERS = {
     "start": _start,
-    "pause": _pause,
-    "resume": _resume,
-    "abort": _abort,
-    "retry": _retry,
+    "pause": _operator(_pause),
+    "resume": _operator(_resume),
+    "abort": _operator(_abort),
+    "retry": _operator(_retry),
+    "manifest": _manifest,
+    "holder": _holder,
     "downloaded": _downloaded,
     "verified": _verified,
     "open_batch": _open_batch,

@@ -185,7 +185,8 @@ def test_start_accepted_creates_release():
     assert r["batch_fraction"] == 0.5 and r["canary"] is True and r["allow_downgrade"] is False
     assert r["batch"] is None and r["batches"] == [] and r["rollback"] == [] and r["failure"] is None
     assert r["term"] == 7
-    assert all(e == {"status": PENDING, "version": None, "step": None, "detail": None} for e in r["hosts"].values())
+    assert all(e == {"status": PENDING, "version": None, "previous": None, "step": None, "detail": None}
+               for e in r["hosts"].values())
     entry = g.state["history"][-1]
     assert entry["op"] == "start" and entry["term"] == 7 and entry["actor"] == LEADER
     assert entry["time"] == r["started_at"] and entry["release"] == "2.4#1" and entry["to"] == RUNNING_OLD
@@ -839,11 +840,14 @@ def test_duplicate_operation_id_is_a_noop():
     before = copy.deepcopy(g.state)
     assert g.raw(again).code == "duplicate"
     assert g.state == before
-    # a rejected command's id is spent too: re-committing it changes nothing
-    bad = g.cmd("open_batch", release="nope")
-    g.raw(bad, "invalid")
-    before = copy.deepcopy(g.state)
-    assert g.raw(bad).code == "duplicate" and g.state == before
+    # a rejected command's id is NOT spent: once the state allows it, the same operation runs
+    # (a step proposed too early by a deposed leader must still be possible for the new one)
+    early = g.cmd("open_batch", release=g.rid)
+    g.state["release"]["state"] = DOWNLOADED  # not verified yet: open_batch is invalid
+    g.raw(early, "invalid")
+    assert early["id"] not in g.state["applied"]
+    g.state["release"]["state"] = VERIFIED
+    assert g.raw(early).code == "accepted"
 
 
 def test_duplicate_install_report_does_not_advance_twice():
@@ -1026,17 +1030,19 @@ def test_apply_never_mutates_input_on_any_path():
 def test_history_rejected_and_applied_are_bounded():
     g = Group()
     g.to_rolling("2.4", hosts(3))
-    for _ in range(fsm.HISTORY_LIMIT):  # 600 commands, without Group's per-command checks (speed)
-        for op, code in (("pause", "accepted"), ("resume", "accepted"), ("open_batch", "invalid")):
+    for _ in range(fsm.HISTORY_LIMIT):  # 800 commands, without Group's per-command checks (speed)
+        for op, code in (("pause", "accepted"), ("resume", "accepted"), ("open_batch", "invalid"),
+                         ("pause", "accepted"), ("resume", "accepted")):
             g.state, out = fsm.apply(g.state, g.cmd(op, release=g.rid))
             assert out.code == code
     assert len(g.state["history"]) == fsm.HISTORY_LIMIT
     assert len(g.state["rejected"]) == fsm.REJECTED_LIMIT
     assert len(g.state["applied"]) == fsm.APPLIED_LIMIT
     seqs = [e["seq"] for e in g.state["history"]]
-    assert seqs == sorted(seqs) and seqs[-1] < g.state["seq"]
+    assert seqs == sorted(seqs) and seqs[-1] <= g.state["seq"]
     assert g.state["applied"][-1] == f"op-{g.n}"  # newest kept
     assert g.state["history"][-1]["op"] == "resume" and g.state["rejected"][-1]["op"] == "open_batch"
+    assert len(g.state["applied"]) == len(set(g.state["applied"]))
 
 
 def test_rejected_entry_records_who_and_why():
@@ -1390,3 +1396,74 @@ def test_apply_is_total_on_garbage_sequences(commands):
     for cmd in commands:
         again, _ = fsm.apply(again, cmd)
     assert dumps(again) == dumps(state)
+
+
+# -- pipelined distribution, per-host previous versions, operator release ids, version order --
+
+
+def test_manifest_commits_artifact_and_plan_before_the_download_finishes():
+    g = Group()
+    g.start(members=hosts(4))
+    g.do("manifest", release=g.rid, artifact=dict(ARTIFACT))
+    r = g.release
+    assert r["state"] == RUNNING_OLD and r["artifact"]["sha256"] == ARTIFACT["sha256"]
+    assert r["source"] == LEADER and r["holders"] == [] and r["batches"][-1] == [LEADER]
+    g.do("manifest", "noop", release=g.rid, artifact=dict(ARTIFACT))
+    other = dict(ARTIFACT, sha256="cd" * 32)
+    g.downloaded("invalid", artifact=other)  # a different file than the committed manifest names
+    g.do("downloaded", release=g.rid)  # the artifact is already committed: no need to resend it
+    assert g.release["state"] == DOWNLOADED and g.release["holders"] == [LEADER]
+
+
+def test_holder_reports_extend_the_holders_once():
+    g = Group()
+    g.start(members=hosts(3))
+    g.do("holder", "invalid", release=g.rid, host="h01")  # no artifact yet
+    g.do("manifest", release=g.rid, artifact=dict(ARTIFACT))
+    g.do("holder", release=g.rid, host="h01")
+    g.do("holder", "noop", release=g.rid, host="h01")
+    g.do("holder", "invalid", release=g.rid, host="stranger")
+    assert g.release["holders"] == ["h01"]
+    g.downloaded()
+    assert g.release["holders"] == [LEADER, "h01"]
+
+
+def test_first_release_rolls_back_to_the_version_the_hosts_ran():
+    g = Group()
+    g.start(members=hosts(3), running_version="2.3")
+    assert g.release["previous_version"] == "2.3"
+    g.downloaded()
+    g.verified()
+    g.open_batch()
+    first = g.release["batches"][0][0]
+    g.install(first, ok=False, previous="2.2")  # this host ran 2.2, not the group's 2.3
+    assert g.release["hosts"][first]["previous"] == "2.2"
+    g.revert(first)
+    assert g.release["state"] == ROLLED_BACK and g.release["hosts"][first]["version"] == "2.2"
+    assert g.state["current_version"] is None  # the group never completed a release
+
+
+def test_operator_command_naming_another_release_is_refused():
+    g = Group()
+    g.start(members=hosts(3))
+    old = g.rid
+    g.do("fail", release=old, host="h00", step="download", reason="mirror down")
+    g.do("retry", release=old)
+    assert g.rid != old
+    g.do("abort", "conflict", release=old)
+    assert g.release["state"] == RUNNING_OLD
+    g.do("abort", release=g.rid)
+    assert g.release["state"] == ABORTED
+
+
+@pytest.mark.parametrize("lower,higher", [
+    ("2.4", "2.10"), ("2.5-rc1", "2.5"), ("2.5-rc1", "2.5-rc2"), ("2.5", "2.5.1"), ("2.5-alpha", "2.5-beta"),
+    ("1.9.9", "2.0"),
+])
+def test_version_order(lower, higher):
+    assert fsm.compare_versions(lower, higher) == -1 and fsm.compare_versions(higher, lower) == 1
+    assert fsm.compare_versions(higher, higher) == 0
+
+
+def test_build_metadata_does_not_order():
+    assert fsm.compare_versions("2.5+b1", "2.5+b2") == 0
