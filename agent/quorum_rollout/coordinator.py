@@ -160,21 +160,37 @@ class Coordinator:
     # -- steps -------------------------------------------------------------------------------
 
     def _download(self, state: dict[str, Any], release: dict[str, Any]) -> None:
-        event(log, "download_started", **self._fields(release, "download"))
+        """Two commits: the verified manifest first (members start fetching from this node's
+        growing file at once), then `downloaded` when the whole file is here and hashed."""
+        if release["artifact"] is None:
+            event(log, "manifest_fetch", **self._fields(release, "download"))
+            try:
+                manifest, mirror = artifacts.fetch_manifest(
+                    self.cfg.artifacts, release["version"], self.policy, now=time.time(), group=self.cfg.group,
+                    highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"], log=log)
+            except signing.TrustError as exc:
+                return self._fail(release, "verify", str(exc))
+            except (artifacts.ArtifactError, OSError) as exc:
+                return self._fail(release, "download", str(exc))
+            artifact = {"sha256": manifest.sha256, "size": manifest.size, "file": manifest.file,
+                        "manifest": manifest.raw.decode(), "mirror": mirror}
+            self._propose(release, "manifest", f"{release['id']}:manifest", artifact=artifact)
+            return  # the commit wakes this loop again for the file
         try:
-            manifest, _path, mirror = artifacts.fetch_release(
-                self.cfg.artifacts, self.store, release["version"], self.policy, now=time.time(),
-                group=self.cfg.group, highest_version=state["highest_version"],
-                allow_downgrade=release["allow_downgrade"], log=log)
+            if release.get("source") == self.cfg.node_id:
+                manifest = verify_committed(self, state, release)
+                _path, mirror = artifacts.download_from_mirrors(self.cfg.artifacts, self.store, manifest,
+                                                                prefer=release["artifact"]["mirror"], log=log)
+            else:  # a new leader: the old one (or a member) may already hold it
+                manifest, _path = ensure_artifact(self, state, release)
+                mirror = "peer"
         except signing.TrustError as exc:
             return self._fail(release, "verify", str(exc))
         except (artifacts.ArtifactError, OSError) as exc:
             return self._fail(release, "download", str(exc))
         event(log, "downloaded", mirror=mirror, sha256=manifest.sha256, size=manifest.size,
               **self._fields(release, "download"))
-        artifact = {"sha256": manifest.sha256, "size": manifest.size, "file": manifest.file,
-                    "manifest": manifest.raw.decode(), "mirror": mirror}
-        self._propose(release, "downloaded", f"{release['id']}:downloaded", artifact=artifact)
+        self._propose(release, "downloaded", f"{release['id']}:downloaded")
 
     def _verify(self, state: dict[str, Any], release: dict[str, Any]) -> None:
         try:
@@ -211,15 +227,20 @@ class Coordinator:
         return time.time() - started > self.cfg.rollout.step_deadline
 
 
-def ensure_artifact(owner: Any, state: dict[str, Any], release: dict[str, Any]) -> tuple[signing.Manifest, Any]:
-    """Verify the committed manifest with our own trusted keys, then make sure the file is in
-    our store: from a peer that holds it, else from the mirrors. Shared by leader and members."""
+def verify_committed(owner: Any, state: dict[str, Any], release: dict[str, Any]) -> signing.Manifest:
+    """Every node verifies the committed manifest with its own trusted keys before using it."""
     cfg: AgentConfig = owner.cfg
-    artifact = release["artifact"]
-    manifest = signing.verify_manifest(
-        artifact["manifest"].encode(), owner.policy, now=time.time(), name=cfg.artifacts.name,
+    return signing.verify_manifest(
+        release["artifact"]["manifest"].encode(), owner.policy, now=time.time(), name=cfg.artifacts.name,
         version=release["version"], group=cfg.group, max_bytes=cfg.artifacts.max_manifest_bytes,
         highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"])
+
+
+def ensure_artifact(owner: Any, state: dict[str, Any], release: dict[str, Any]) -> tuple[signing.Manifest, Any]:
+    """Verify the committed manifest, then make sure the file is in our store: from a peer that
+    holds it, else from the mirrors. Shared by leader and members."""
+    cfg: AgentConfig = owner.cfg
+    manifest = verify_committed(owner, state, release)
     if owner.store.has(manifest.sha256, manifest.size):
         return manifest, owner.store.path(manifest.sha256)
     peers = {p.id: p.api_url for p in cfg.raft.peers}
@@ -234,10 +255,9 @@ def ensure_artifact(owner: Any, state: dict[str, Any], release: dict[str, Any]) 
             return manifest, path
         except artifacts.ArtifactError as exc:
             errors.append(str(exc))
-    for mirror in cfg.artifacts.mirrors:
-        url = f"{mirror}/{cfg.artifacts.name}/{release['version']}/{manifest.file}"
-        try:
-            return manifest, artifacts.download(url, owner.store, manifest.sha256, manifest.size, cfg=cfg.artifacts)
-        except artifacts.ArtifactError as exc:
-            errors.append(str(exc))
+    try:
+        path, _mirror = artifacts.download_from_mirrors(cfg.artifacts, owner.store, manifest, log=log)
+        return manifest, path
+    except artifacts.ArtifactError as exc:
+        errors.append(str(exc))
     raise artifacts.ArtifactError("could not fetch the artifact from any holder or mirror: " + "; ".join(errors))

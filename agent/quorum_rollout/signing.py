@@ -258,7 +258,8 @@ def _safe_segment(value: Any, name: str) -> str:
     if len(value) > 255:
         raise MalformedManifest(name, f"{_short(value)} is longer than 255 characters")
     if "/" in value or "\\" in value or ".." in value or value == "." or any(ord(c) < 32 for c in value):
-        raise MalformedManifest(name, f"{_short(value)} must be a plain file name (no '/', '\\', '..' or control chars)")
+        raise MalformedManifest(name, f"{_short(value)} must be a plain file name "
+                                "(no '/', '\\', '..' or control chars)")
     return value
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from . import artifacts, checks, fsm, install, signing
 from .config import AgentConfig
-from .coordinator import clip, ensure_artifact
+from .coordinator import clip, ensure_artifact, verify_committed
 from .group import GroupNode, ProposalError
 from .log import event, get_logger
 
@@ -41,10 +42,12 @@ class Worker:
         self.host = cfg.node_id
         self.root = Path(cfg.install.root)
         self._reported: set[str] = set()
+        self._prefetch: threading.Thread | None = None
 
     def step(self) -> None:
         state = self.node.state
         release = state["release"]
+        self._maybe_prefetch(state, release)
         if not release or self.host not in fsm.open_batch_hosts(state):
             return
         phase = "install" if release["state"] == fsm.ROLLING else "revert"
@@ -64,6 +67,68 @@ class Worker:
             ok, step, reason = False, exc.step, clip(exc.reason)
             event(log, f"{phase}_failed", level="error", step=step, cause=reason, **fields)
         self._report(release, phase, op_id, ok, step, reason, fields)
+
+    # -- prefetch: the artifact arrives before the batch opens ---------------------------------
+
+    def _maybe_prefetch(self, state: dict[str, Any], release: dict[str, Any] | None) -> None:
+        if (not release or release["state"] in fsm.TERMINAL or release["state"] == fsm.ROLLING_BACK
+                or not release.get("artifact") or self.host in release["holders"]
+                or self.host == release.get("source")):
+            return
+        art = release["artifact"]
+        if self.store.has(art["sha256"], art["size"]):
+            self._announce_holder(release)
+        elif self._prefetch is None or not self._prefetch.is_alive():
+            self._prefetch = threading.Thread(target=self._prefetch_run, args=(state, release),
+                                              name="prefetch", daemon=True)
+            self._prefetch.start()
+
+    def _prefetch_run(self, state: dict[str, Any], release: dict[str, Any]) -> None:
+        """Pipelined transfer: fetch from the host just before this one in the distribution chain
+        (source, then hosts in batch order) while it is still receiving the file, so the group
+        gets the file in about the time one host needs. If that upstream does not serve within
+        a grace period, any earlier host or complete holder will do; the install step falls back
+        to the mirrors."""
+        fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
+        try:
+            manifest = verify_committed(self, state, release)
+        except signing.TrustError as exc:
+            event(log, "prefetch_refused", level="warning", cause=str(exc)[:500], **fields)
+            return
+        urls = {p.id: p.api_url for p in self.cfg.raft.peers}
+        chain = [release["source"]] + [h for b in release["batches"] for h in b if h != release["source"]]
+        before = chain[:chain.index(self.host)] if self.host in chain else chain
+        upstream = [h for h in reversed(before) if h in urls]
+        deadline = time.monotonic() + self.cfg.rollout.step_deadline
+        grace = time.monotonic() + 10.0
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            current = self.node.state["release"]
+            if not current or current["id"] != release["id"] or current["state"] in fsm.TERMINAL:
+                return
+            holders = [h for h in current["holders"] if h in urls and h not in upstream]
+            candidates = upstream[:1] if time.monotonic() < grace else upstream + holders
+            for holder in candidates:
+                try:
+                    artifacts.fetch_from_peers([(holder, urls[holder])], manifest, self.store, self.secret,
+                                               self.cfg.artifacts)
+                except (artifacts.ArtifactError, signing.TrustError, OSError):
+                    continue
+                event(log, "prefetched", source=holder, seconds=round(time.monotonic() - started, 3),
+                      size=manifest.size, **fields)
+                self._announce_holder(current)
+                return
+            time.sleep(0.1)
+
+    def _announce_holder(self, release: dict[str, Any]) -> None:
+        op_id = f"{release['id']}:{self.host}:holder"
+        if op_id in self._reported:
+            return
+        try:
+            self.node.propose("holder", op_id=op_id, release=release["id"], host=self.host)
+            self._reported.add(op_id)
+        except ProposalError:
+            pass  # retried on the next pass
 
     # -- install -------------------------------------------------------------------------------
 
