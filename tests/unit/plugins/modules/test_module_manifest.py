@@ -1,0 +1,92 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, quorum.rollout contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""quorum.rollout.manifest through a real ansible-playbook run and the real `quorum-rollout` CLI:
+the published manifest verifies with `quorum-rollout verify`, runs are idempotent, and a changed
+artifact under a published version is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ansible_collections.quorum.rollout.plugins.modules import manifest
+
+BIN = os.path.dirname(sys.executable)
+CLI = shutil.which("quorum-rollout", path=BIN + os.pathsep + os.environ.get("PATH", ""))
+pytestmark = pytest.mark.skipif(CLI is None, reason="the quorum-rollout agent CLI is not installed here")
+
+PLAYBOOK = textwrap.dedent("""\
+    - hosts: localhost
+      gather_facts: false
+      tasks:
+        - name: Publish
+          quorum.rollout.manifest:
+            artifact: "{{ artifact }}"
+            name: app
+            version: "2.4"
+            signing_keys: ["{{ key }}"]
+            mirror_dir: "{{ mirror }}"
+            cli: "{{ cli }}"
+            targets: "{{ targets }}"
+          register: __published
+        - name: Report
+          ansible.builtin.copy:
+            content: "{{ __published | to_json }}"
+            dest: "{{ out }}"
+            mode: "0600"
+""")
+
+
+def _collections_path():
+    parts = os.path.abspath(manifest.__file__).split(os.sep)
+    return os.sep.join(parts[:parts.index("ansible_collections")])
+
+
+def _run(tmp_path, check=False, targets=("*",)):
+    book = tmp_path / "play.yml"
+    book.write_text(PLAYBOOK)
+    out = tmp_path / "out.json"
+    extra = {"artifact": str(tmp_path / "app-2.4.tar.gz"), "key": str(tmp_path / "release.key"),
+             "mirror": str(tmp_path / "mirror"), "cli": CLI, "out": str(out), "targets": list(targets)}
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", str(book),
+            "-e", json.dumps(extra)] + (["--check"] if check else [])
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_path(), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    return proc, (json.loads(out.read_text()) if out.exists() and not check else None)
+
+
+def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
+    subprocess.run([CLI, "keygen", "--out", str(tmp_path / "release")], check=True, capture_output=True)
+    (tmp_path / "app-2.4.tar.gz").write_bytes(b"release bytes" * 100)
+
+    proc, _ = _run(tmp_path, check=True)
+    assert proc.returncode == 0 and "changed=2" in proc.stdout  # Publish + Report, both predicted
+    assert not (tmp_path / "mirror").exists(), "check mode writes nothing"
+
+    proc, first = _run(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert first["changed"] is True and first["reason"] == "not published yet"
+    published = tmp_path / "mirror" / "app" / "2.4"
+    verify = subprocess.run([CLI, "verify", str(published / "manifest.json"), "--artifact",
+                             str(published / "app-2.4.tar.gz"), "--trusted-key", str(tmp_path / "release.pub"),
+                             "--name", "app", "--version", "2.4"], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+
+    proc, second = _run(tmp_path)
+    assert second["changed"] is False and second["reason"] == "already published and valid"
+
+    proc, third = _run(tmp_path, targets=["intel-*"])
+    assert third["changed"] is True and third["reason"] == "targets changed"
+
+    (tmp_path / "app-2.4.tar.gz").write_bytes(b"other bytes")
+    proc, _ = _run(tmp_path)
+    assert proc.returncode != 0 and "already published with another artifact" in proc.stdout
