@@ -40,13 +40,40 @@ def collection_link() -> None:
         link.symlink_to("../../..")
 
 
+@pytest.fixture(scope="session")
+def agent_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A snapshot of agent/ taken once: the role builds its wheel from it, so edits to the agent made
+    while the suite runs cannot make a second site.yml run reinstall (and fail its changed=0 check)."""
+    snap = tmp_path_factory.mktemp("agent-src")
+    shutil.copy2(REPO / "agent" / "pyproject.toml", snap / "pyproject.toml")
+    shutil.copytree(REPO / "agent" / "quorum_rollout", snap / "quorum_rollout",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return snap
+
+
+def keep_logs(fleet: LocalFleet, name: str) -> Path:
+    """Copy the fleet's playbook and agent logs to tests/output/e2e/<name>/ (pytest's tmp dirs are pruned)."""
+    dest = REPO / "tests" / "output" / "e2e" / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(fleet.log_dir, dest / "playbooks", dirs_exist_ok=True)
+    for host in fleet.hosts:
+        for src in (host.data_dir / "agent.log", host.app_root / "demo.log"):
+            if src.exists():
+                target = dest / "hosts" / host.name / src.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
+    return dest
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, agent_source: Path,
+          request: pytest.FixtureRequest) -> Iterator[LocalFleet]:
     if not shutil.which("flock"):
         pytest.skip("flock (util-linux) is needed by the agent role's shared-virtualenv install")
-    fleet = LocalFleet(tmp_path_factory.mktemp("fleet"), step_deadline=60.0)
+    fleet = LocalFleet(tmp_path_factory.mktemp("fleet"), step_deadline=60.0, agent_source=agent_source)
     try:
         yield fleet
     finally:
         stopped = fleet.stop()
-        print(f"\nstopped {len(stopped)} processes of the fleet in {fleet.base}")
+        logs = keep_logs(fleet, request.module.__name__.rsplit(".", 1)[-1])
+        print(f"\nstopped {len(stopped)} processes of the fleet in {fleet.base}; logs in {logs}")

@@ -107,7 +107,7 @@ class FleetHost:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(f"http://{self.ip}:{APP_PORT}/health", timeout=3) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"http://{self.ip}:{APP_PORT}/health", timeout=3) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
@@ -116,15 +116,17 @@ class FleetHost:
 class LocalFleet:
     """`cpus` x `zones` x `per_group` hosts under `base`, with a mirror and a release key."""
 
-    def __init__(self, base: Path, *, cpus: tuple[str, ...] = ("intel", "amd"), zones: tuple[str, ...] = ("eu1a", "eu1b"),
-                 per_group: int = 3, subnet: str | None = None, python: str = PY,
-                 wheelhouse: Path | None = None, step_deadline: float = 60.0) -> None:
+    def __init__(self, base: Path, *, cpus: tuple[str, ...] = ("intel", "amd"),
+                 zones: tuple[str, ...] = ("eu1a", "eu1b"), per_group: int = 3, subnet: str | None = None,
+                 python: str = PY, wheelhouse: Path | None = None, step_deadline: float = 60.0,
+                 agent_source: Path | None = None) -> None:
         self.base = Path(base).resolve()
         self.base.mkdir(parents=True, exist_ok=True)
         self.subnet = subnet or free_subnet()
         self.python = python
         self.wheelhouse = wheelhouse
         self.step_deadline = step_deadline
+        self.agent_source = agent_source
         self.mirror_dir = self.base / "mirror"
         self.key_prefix = self.base / "keys" / "release"
         self.inventory = self.base / "inventory.yml"
@@ -180,6 +182,8 @@ class LocalFleet:
         }
         if self.wheelhouse:
             common["quorum_rollout_wheelhouse"] = str(self.wheelhouse)
+        if self.agent_source:
+            common["quorum_rollout_agent_source"] = str(self.agent_source)
         hosts = {h.name: {"ansible_host": h.ip, "quorum_rollout_cpu": h.cpu, "quorum_rollout_zone": h.zone}
                  for h in self.hosts}
         doc = {"all": {"vars": common, "hosts": hosts,
@@ -212,7 +216,7 @@ class LocalFleet:
 
     def start_mirror(self) -> None:
         self.mirror_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / "mirror.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.log_dir / "mirror.log", "ab")
         proc = subprocess.Popen([PY, str(REPO / "tests" / "support" / "mirror.py"), "--bind", f"{self.subnet}.1",
                                  "--port", str(MIRROR_PORT), "--root", str(self.mirror_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -250,7 +254,7 @@ class LocalFleet:
                     pass
         return found
 
-    def _ours(self, pid: int) -> bool:
+    def is_ours(self, pid: int) -> bool:
         """True when `pid` runs one of this fleet's programs (guards against a recycled PID)."""
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -260,7 +264,7 @@ class LocalFleet:
 
     def stop(self, timeout: float = 15) -> list[str]:
         """Stop every recorded process by PID: SIGTERM, then SIGKILL after `timeout`. Returns what it stopped."""
-        pids = {pid: what for pid, what in self.pids().items() if self._ours(pid)}
+        pids = {pid: what for pid, what in self.pids().items() if self.is_ours(pid)}
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -269,7 +273,7 @@ class LocalFleet:
         deadline = time.monotonic() + timeout
         alive = set(pids)
         while alive and time.monotonic() < deadline:
-            alive = {pid for pid in alive if self._alive(pid)}
+            alive = {pid for pid in alive if self.is_alive(pid)}
             if alive:
                 time.sleep(0.1)
         for pid in alive:
@@ -280,7 +284,7 @@ class LocalFleet:
         return [f"{what} (pid {pid})" for pid, what in sorted(pids.items())]
 
     @staticmethod
-    def _alive(pid: int) -> bool:
+    def is_alive(pid: int) -> bool:
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:

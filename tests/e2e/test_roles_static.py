@@ -87,7 +87,8 @@ BASE_VARS = {
     "quorum_rollout_key_threshold": 2,
     "quorum_rollout_restart_command": "systemctl restart 'demo app'",
     "quorum_rollout_preflight_checks": [
-        {"name": "health", "type": "http", "url": "http://127.0.0.1:8080/health", "expect_body": '"version": "{version}"'},
+        {"name": "health", "type": "http", "url": "http://127.0.0.1:8080/health",
+         "expect_body": '"version": "{version}"'},
         {"name": "port", "type": "tcp", "address": "127.0.0.1:8080"},
     ],
     "quorum_rollout_registry": {"type": "file", "path": "/var/lib/quorum-rollout-registry/group.json"},
@@ -104,9 +105,9 @@ BASE_VARS = {
 
 
 def test_config_template_passes_check_config(tmp_path: Path) -> None:
-    single = {**BASE_VARS, "_quorum_rollout_peers": [], "quorum_rollout_api_tls_cert": "", "quorum_rollout_api_tls_key": "",
-              "quorum_rollout_registry": {"type": "none"}, "quorum_rollout_restart_command": "",
-              "quorum_rollout_preflight_checks": []}
+    single = {**BASE_VARS, "_quorum_rollout_peers": [], "quorum_rollout_api_tls_cert": "",
+              "quorum_rollout_api_tls_key": "", "quorum_rollout_registry": {"type": "none"},
+              "quorum_rollout_restart_command": "", "quorum_rollout_preflight_checks": []}
     for name, extra in (("full", BASE_VARS), ("single", single)):
         work = tmp_path / name
         work.mkdir()
@@ -119,7 +120,7 @@ def test_config_template_passes_check_config(tmp_path: Path) -> None:
         assert cfg["group"] == "intel-eu1a"
         if name == "full":
             assert [p["id"] for p in cfg["raft"]["peers"]] == ["web-02"]
-            assert [k["public_key"] for k in cfg["artifacts"]["trusted_keys"]][0].startswith("3q2+")
+            assert cfg["artifacts"]["trusted_keys"][0]["public_key"].startswith("3q2+")
             assert cfg["install"]["hooks"] == {"restart": "systemctl restart 'demo app'", "timeout": 60.0}
             assert cfg["api"]["tls_cert"] == "/etc/quorum-rollout/tls/cert.pem"
             assert cfg["rollout"]["canary"] is True

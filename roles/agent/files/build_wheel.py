@@ -10,6 +10,7 @@
 * With --wheelhouse, the dependency wheels in DIR are packed into OUT_DIR/wheelhouse.tar
   (sorted, fixed mtimes and owners: identical input gives an identical file), so each host
   copies one file and installs offline.
+* The sources' digest is kept beside the wheel: unchanged sources reuse it without building.
 * With --wheel, a wheel built elsewhere is used as is (copied into OUT_DIR).
 * OUT_DIR is a build cache on the controller: it is written in check mode too (no host is).
 
@@ -58,6 +59,27 @@ def build_wheel(source: Path, scratch: Path) -> Path:
     if len(wheels) != 1:
         raise SystemExit(f"error: expected one quorum_rollout wheel in {out}, found {[w.name for w in wheels]}")
     return wheels[0]
+
+
+def source_digest(source: Path) -> str:
+    """sha256 over the files the wheel is built from (names and contents)."""
+    digest = hashlib.sha256()
+    files = [source / "pyproject.toml", *sorted(p for p in (source / "quorum_rollout").rglob("*")
+                                                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")]
+    for path in files:
+        digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cached_wheel(out: Path, digest: str) -> Path | None:
+    """The wheel built earlier from exactly these sources (builds are reproducible), if any."""
+    marker = out / "source.sha256"
+    try:
+        name, recorded = marker.read_text().split()
+    except (OSError, ValueError):
+        return None
+    wheel = out / name
+    return wheel if recorded == digest and wheel.is_file() else None
 
 
 def pack_wheelhouse(wheelhouse: Path, dest: Path) -> None:
@@ -110,14 +132,17 @@ def main() -> int:
             if not (source / "pyproject.toml").is_file():
                 raise SystemExit(f"error: {source} is not the agent's source (no pyproject.toml) "
                                  "(fix: set quorum_rollout_agent_source, or a built wheel in quorum_rollout_wheel)")
-            wheel = build_wheel(source, scratch)
+            digest = source_digest(source)
+            wheel = cached_wheel(out, digest) or build_wheel(source, scratch)
         house = None
         if args.wheelhouse:
             house = scratch / "wheelhouse.tar"
             pack_wheelhouse(Path(args.wheelhouse), house)
         out.mkdir(parents=True, exist_ok=True)
         os.chmod(out, 0o700)
-        changed = publish(wheel, out / wheel.name)
+        changed = False if wheel.parent == out else publish(wheel, out / wheel.name)
+        if not args.wheel:
+            (out / "source.sha256").write_text(f"{wheel.name} {digest}\n")
         if house:
             changed = publish(house, out / house.name) or changed
         digest = sha256(wheel)
