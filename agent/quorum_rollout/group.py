@@ -34,7 +34,7 @@ class GroupNode(SyncObj):
     """The replicated group state of one member. Read `state`; change it with `propose`."""
 
     def __init__(self, *, node_id: str, group: str, address: str, peers: list[str], secret: bytes,
-                 data_dir: str, on_change: Callable[[], None], tick_period: float = 0.02) -> None:
+                 data_dir: str, on_change: Callable[[], None], tick_period: float = 0.05) -> None:
         if not secret or len(secret) < 32:
             raise ValueError("the group secret is mandatory (>= 32 bytes): Raft traffic must be "
                              "encrypted and authenticated")
