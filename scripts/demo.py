@@ -11,12 +11,14 @@ down: stops every process of the demo by PID (mirror, 12 agents, 12 demo service
 
 Everything is logged to demo/logs/. Options: --subnet 127.0.5 (another /24 if 127.0.0.x is busy),
 --broken 2.5 (also publish a 2.5 that fails its health check on AMD hosts, to try a rollback).
+The playbook commands it prints run against demo/inventory.yml from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import socket
 import sys
@@ -110,6 +112,8 @@ def up(args: argparse.Namespace) -> int:
     say("\nPer group (release.yml):")
     for line in group_lines(out) or ["(no result: see the log)"]:
         say(f"    {line}")
+    for refused in sorted(set(re.findall(r'"msg": "(group [^:"]+: cannot [^"]+)"', out))):
+        say(f"    {refused}")
     say("\nPer host (GET /health of the demo service; `current` symlink):")
     for host in fleet.hosts:
         try:
@@ -120,14 +124,17 @@ def up(args: argparse.Namespace) -> int:
         say(f"    {host.name:<14} {host.ip:<15} group {host.group:<11} current {host.current() or '-':<5} "
             f"health {answer}")
     inventory = fleet.inventory.relative_to(REPO)
+    cli = (fleet.base / "venv" / "bin" / "quorum-rollout").relative_to(REPO)
+    config = fleet.hosts[0].config_file.relative_to(REPO)
     say(f"""
-Try:
-    .venv/bin/ansible-playbook -i {inventory} playbooks/status.yml
-    .venv/bin/ansible-playbook -i {inventory} release.yml -e version=2.4     # again: nothing to do
-    scripts/demo.py up --broken 2.5 && \\
-      .venv/bin/ansible-playbook -i {inventory} release.yml -e version=2.5   # AMD groups roll back
-    {fleet.base / 'venv' / 'bin' / 'quorum-rollout'} status -c {fleet.hosts[0].config_file}
-Logs: {fleet.log_dir}/ (playbooks), demo/hosts/<host>/var/lib/quorum-rollout/agent.log (agents)
+Try (from {REPO}):
+    . .venv/bin/activate
+    ansible-playbook -i {inventory} -f 12 playbooks/status.yml
+    ansible-playbook -i {inventory} -f 12 release.yml -e version=2.4      # again: attaches, changes nothing
+    ansible-playbook playbooks/publish.yml -e version=2.5 -e broken_on=amd   # 2.5 fails its health check on AMD
+    ansible-playbook -i {inventory} -f 12 release.yml -e version=2.5      # AMD groups roll back, Intel moves on
+    {cli} status -c {config}
+Logs: {fleet.log_dir.relative_to(REPO)}/ (playbooks), demo/hosts/<host>/var/lib/quorum-rollout/agent.log (agents)
 
 Stop everything (every process of the demo, by PID):  make demo-stop""")
     return 0
