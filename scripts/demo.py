@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """A local 12-host quorum.rollout demo: `make demo` (= scripts/demo.py up), `make demo-stop` (= down).
 
 up:   builds a fleet of 12 inventory hosts on this machine under ./demo/ (2 CPU kinds x 2 zones x

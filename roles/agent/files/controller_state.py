@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The agent role's controller-side state, kept in one directory (mode 0700), files 0600:
 
     groups/<group>.secret   one Raft cluster secret per group (64 random characters)
@@ -43,7 +42,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _random(n: int) -> str:
-    return "".join(secrets.choice(ALPHABET) for _ in range(n))
+    return "".join(secrets.choice(ALPHABET) for _i in range(n))
 
 
 def main() -> int:
