@@ -57,9 +57,11 @@ def _run(tmp_path, check=False, targets=("*",)):
     out = tmp_path / "out.json"
     extra = {"artifact": str(tmp_path / "app-2.4.tar.gz"), "key": str(tmp_path / "release.key"),
              "mirror": str(tmp_path / "mirror"), "cli": CLI, "out": str(out), "targets": list(targets)}
-    argv = [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", str(book),
+    argv = [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local", str(book),
             "-e", json.dumps(extra)] + (["--check"] if check else [])
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_path(), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_COLLECTIONS_PATH=_collections_path(), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     return proc, (json.loads(out.read_text()) if out.exists() and not check else None)
 
