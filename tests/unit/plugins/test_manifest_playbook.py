@@ -5,7 +5,8 @@
 
 """quorum.rollout.manifest through a real ansible-playbook run and the real `quorum-rollout` CLI:
 the published manifest verifies with `quorum-rollout verify`, runs are idempotent, and a changed
-artifact under a published version is refused."""
+artifact under a published version is refused. (Whole playbook runs live here, beside
+test_plugins_playbook.py, not under modules/: ansible-test units' import path has no ansible.cli.)"""
 
 from __future__ import annotations
 
