@@ -68,6 +68,10 @@ class Agent:
             wake.clear()
             if self._stop.is_set():
                 return
+            if not self.node.isReady():
+                # While the journal is replayed and until this node has caught up with the leader's
+                # commit index, node.state is a past state: acting on it would redo old steps.
+                continue
             try:
                 step()
             except Exception as exc:  # a bug must not kill the loop; it is logged with context

@@ -209,3 +209,38 @@ def test_cli_release_watch_status(make_fleet):
     assert again.stdout.startswith("unchanged")
     refused = cli("release", "2.2", check=False)
     assert refused.returncode != 0 and "rollback protection" in refused.stderr
+
+
+def test_restarted_agents_do_not_replay_old_steps(make_fleet):
+    """A restarted agent replays its Raft journal through every past state; it must act only
+    on the state it has caught up to, never redo an install of a release that was rolled back."""
+    fleet = make_fleet(3)
+    for host in fleet.hosts:  # 2.5 is incompatible with every host: its first batch fails
+        host.checks.append({"name": "libs-ok", "type": "command",
+                            "command": f"test ! -e {fleet.base}/incompatible-{{version}}", "retries": 1})
+    (fleet.base / "incompatible-2.5").write_text("")
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.build_release("2.5")
+    fleet.start()
+    start_release(fleet, "2.4")
+    assert fleet.wait_release(("current", "rolled_back"))["state"] == "current"
+    start_release(fleet, "2.5")
+    assert fleet.wait_release(("current", "rolled_back"))["state"] == "rolled_back"
+    assert [h.current() for h in fleet.hosts] == ["2.4"] * 3
+
+    for host in fleet.hosts:
+        host.kill(signal.SIGKILL)
+    marks = {h.id: len(h.events("step_started")) for h in fleet.hosts}
+    for host in fleet.hosts:
+        host.start()
+    leader = wait_for(fleet.leader, 60, "a leader after the restart")
+    target = leader.status()["node"]["commit_index"]
+    for host in fleet.hosts:
+        wait_for(lambda h=host: (d := h.status()["node"])["ready"] and d["commit_index"] >= target, 30,
+                 f"{host.id} caught up")
+    for host in fleet.hosts:
+        assert len(host.events("step_started")) == marks[host.id], f"{host.id} re-ran an old step"
+        assert host.current() == "2.4" and host.health()["version"] == "2.4"
+    assert fleet.release_state()["state"] == "rolled_back"
