@@ -26,8 +26,9 @@ collection:
 	@mkdir -p collections/ansible_collections/quorum
 	@ln -sfn ../../.. collections/ansible_collections/quorum/rollout
 
-lint: venv
+lint: venv collection
 	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files
+	$(VENV)/bin/ansible-lint --offline -q roles playbooks site.yml release.yml
 
 unit: venv collection
 	$(PYTEST) -q tests/unit

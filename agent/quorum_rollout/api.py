@@ -38,6 +38,23 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def drift(agent: Agent) -> str | None:
+    """Why this host's `current` disagrees with the group's committed state, or None.
+
+    Only judged when no release is active: a host may be mid-switch during a rollout."""
+    state = agent.node.state
+    release = state["release"]
+    if release is None or release["state"] not in fsm.TERMINAL:
+        return None
+    expected = (release["hosts"].get(agent.cfg.node_id) or {}).get("version")
+    if release["state"] == fsm.CURRENT:
+        expected = release["version"]
+    running = agent.running_version()
+    if expected is not None and running != expected:
+        return f"runs {running}, the group's state says {expected} (release {release['id']} {release['state']})"
+    return None
+
+
 def status_document(agent: Agent) -> dict[str, Any]:
     node = agent.node
     raft = node.raft_status()
@@ -55,6 +72,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "has_quorum": raft["has_quorum"],
             "commit_index": raft["commit_index"],
             "running_version": agent.running_version(),
+            "drift": drift(agent),
+            "mirrors": artifacts.known_order(agent.cfg.artifacts.mirrors),
             "registry": {k: agent.reporter.status[k] for k in ("ok", "error")},
         },
         "state": node.state,
@@ -85,6 +104,9 @@ def metrics_text(agent: Agent) -> str:
         "# HELP quorum_rollout_commands_rejected Commands the state machine rejected (bounded window).",
         "# TYPE quorum_rollout_commands_rejected gauge",
         f"quorum_rollout_commands_rejected{{{labels}}} {len(state['rejected'])}",
+        "# HELP quorum_rollout_host_drift 1 if this host's current release disagrees with the group's state.",
+        "# TYPE quorum_rollout_host_drift gauge",
+        f"quorum_rollout_host_drift{{{labels}}} {int(drift(agent) is not None)}",
         "# HELP quorum_rollout_registry_ok 1 if the last registry report succeeded.",
         "# TYPE quorum_rollout_registry_ok gauge",
         f"quorum_rollout_registry_ok{{{labels}}} {int(bool(agent.reporter.status['ok']))}",

@@ -361,6 +361,14 @@ def order_mirrors(mirrors: Sequence[str], *, timeout: float, session: requests.S
     return list(ordered)
 
 
+def known_order(mirrors: Sequence[str]) -> list[str]:
+    """The last measured mirror order (for status), or the configured order if none is cached."""
+    key = tuple(dict.fromkeys(mirrors))
+    with _order_lock:
+        hit = _order_cache.get(key)
+    return list(hit[1]) if hit else list(key)
+
+
 def invalidate(mirrors: Sequence[str] | None = None) -> None:
     with _order_lock:
         if mirrors is None:

@@ -205,6 +205,8 @@ def test_cli_release_watch_status(make_fleet):
     assert "group runs 2.4" in table and all(h.id in table for h in fleet.hosts)
     doc = json.loads(cli("status", "--json").stdout)
     assert doc["state"]["release"]["state"] == "current" and doc["node"]["id"] == fleet.hosts[1].id
+    assert doc["node"]["mirrors"] == [f"http://{fleet.mirror_ip}:{fleet.mirror_port}"]
+    assert doc["node"]["drift"] is None and doc["node"]["running_version"] == "2.4"
     again = cli("release", "2.4")
     assert again.stdout.startswith("unchanged")
     refused = cli("release", "2.2", check=False)
@@ -243,4 +245,13 @@ def test_restarted_agents_do_not_replay_old_steps(make_fleet):
     for host in fleet.hosts:
         assert len(host.events("step_started")) == marks[host.id], f"{host.id} re-ran an old step"
         assert host.current() == "2.4" and host.health()["version"] == "2.4"
+        assert host.status()["node"]["drift"] is None
     assert fleet.release_state()["state"] == "rolled_back"
+
+    # A host switched behind the agent's back is reported as drift (status and metrics).
+    from quorum_rollout import install
+
+    install.activate(fleet.hosts[0].root, "2.3")
+    node = fleet.hosts[0].status()["node"]
+    assert node["drift"] and "runs 2.3" in node["drift"] and "says 2.4" in node["drift"]
+    assert "quorum_rollout_host_drift{" in fleet.hosts[0].get("/metrics").text
