@@ -22,7 +22,7 @@ description:
     already hold the first one.
   - "Run it where the signing keys are, usually the controller (C(delegate_to: localhost))."
 author:
-  - quorum.rollout contributors
+  - quorum.rollout maintainers (@quorum-rollout)
 options:
   artifact:
     description: The release archive to publish (tar.gz, tar or zip).
@@ -74,6 +74,7 @@ attributes:
     description: Computes whether the manifest would be written; writes nothing.
   diff_mode:
     support: none
+    description: Reports the reason for a change, not a diff of the manifest.
   idempotent:
     support: full
     description: A second run with the same inputs reports no change.

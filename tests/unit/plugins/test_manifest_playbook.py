@@ -63,7 +63,7 @@ def _run(tmp_path, check=False, targets=("*",)):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(ANSIBLE_COLLECTIONS_PATH=_collections_path(), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     return proc, (json.loads(out.read_text()) if out.exists() and not check else None)
 
 
@@ -71,7 +71,8 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
     subprocess.run([CLI, "keygen", "--out", str(tmp_path / "release")], check=True, capture_output=True)
     (tmp_path / "app-2.4.tar.gz").write_bytes(b"release bytes" * 100)
 
-    proc, _ = _run(tmp_path, check=True)
+    proc, predicted = _run(tmp_path, check=True)
+    assert predicted is None
     assert proc.returncode == 0 and "changed=2" in proc.stdout  # Publish + Report, both predicted
     assert not (tmp_path / "mirror").exists(), "check mode writes nothing"
 
@@ -81,7 +82,7 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
     published = tmp_path / "mirror" / "app" / "2.4"
     verify = subprocess.run([CLI, "verify", str(published / "manifest.json"), "--artifact",
                              str(published / "app-2.4.tar.gz"), "--trusted-key", str(tmp_path / "release.pub"),
-                             "--name", "app", "--version", "2.4"], capture_output=True, text=True)
+                             "--name", "app", "--version", "2.4"], capture_output=True, text=True, check=False)
     assert verify.returncode == 0, verify.stderr
 
     proc, second = _run(tmp_path)
@@ -91,5 +92,6 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
     assert third["changed"] is True and third["reason"] == "targets changed"
 
     (tmp_path / "app-2.4.tar.gz").write_bytes(b"other bytes")
-    proc, _ = _run(tmp_path)
+    proc, refused = _run(tmp_path)
+    assert refused is not None and refused["changed"] is False
     assert proc.returncode != 0 and "already published with another artifact" in proc.stdout
