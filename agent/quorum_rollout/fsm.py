@@ -234,6 +234,17 @@ def _release_for(state: dict[str, Any], cmd: dict[str, Any]) -> dict[str, Any] |
     return release
 
 
+def _leader_release(state: dict[str, Any], cmd: dict[str, Any], states: tuple[str, ...],
+                    refusal: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+    """The release a leader command is for, if it is in one of `states` and the command's term
+    is not stale; else (None, the refusal)."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] not in states:
+        return None, Outcome("invalid", refusal)
+    fenced = _fence(release, cmd)
+    return (None, fenced) if fenced else (release, None)
+
+
 def _fence(release: dict[str, Any], cmd: dict[str, Any]) -> Outcome | None:
     """Leader commands from an older Raft term than the release has seen are stale."""
     term = _term(cmd)
@@ -389,12 +400,9 @@ def _set_artifact(release: dict[str, Any], cmd: dict[str, Any]) -> Outcome | Non
 def _manifest(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     """The leader verified the manifest and starts downloading the file: members may now fetch
     it from the leader (pipelined, while it downloads) before their batch opens."""
-    release = _release_for(state, cmd)
-    if release is None or release["state"] != RUNNING_OLD:
-        return Outcome("invalid", "manifest: release not in running_old_release")
-    fenced = _fence(release, cmd)
-    if fenced:
-        return fenced
+    release, refused = _leader_release(state, cmd, (RUNNING_OLD,), "manifest: release not in running_old_release")
+    if release is None:
+        return refused  # type: ignore[return-value]
     if release["artifact"] is not None:
         return Outcome("noop", "manifest already committed")
     refused = _set_artifact(release, cmd)
@@ -419,12 +427,9 @@ def _holder(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 
 
 def _downloaded(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
-    release = _release_for(state, cmd)
-    if release is None or release["state"] != RUNNING_OLD:
-        return Outcome("invalid", "downloaded: release not in running_old_release")
-    fenced = _fence(release, cmd)
-    if fenced:
-        return fenced
+    release, refused = _leader_release(state, cmd, (RUNNING_OLD,), "downloaded: release not in running_old_release")
+    if release is None:
+        return refused  # type: ignore[return-value]
     refused = _set_artifact(release, cmd)
     if refused:
         return refused
@@ -438,12 +443,9 @@ def _downloaded(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 
 
 def _verified(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
-    release = _release_for(state, cmd)
-    if release is None or release["state"] != DOWNLOADED:
-        return Outcome("invalid", "verified: release not in downloaded_in_leader")
-    fenced = _fence(release, cmd)
-    if fenced:
-        return fenced
+    release, refused = _leader_release(state, cmd, (DOWNLOADED,), "verified: release not in downloaded_in_leader")
+    if release is None:
+        return refused  # type: ignore[return-value]
     if cmd["actor"] not in release["holders"]:
         release["holders"].append(cmd["actor"])
     release["state"] = VERIFIED
@@ -453,12 +455,9 @@ def _verified(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 
 
 def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
-    release = _release_for(state, cmd)
-    if release is None or release["state"] != VERIFIED:
-        return Outcome("invalid", "open_batch: release not verified")
-    fenced = _fence(release, cmd)
-    if fenced:
-        return fenced
+    release, refused = _leader_release(state, cmd, (VERIFIED,), "open_batch: release not verified")
+    if release is None:
+        return refused  # type: ignore[return-value]
     release["state"], release["batch"] = ROLLING, 0
     release["step_started_at"] = cmd.get("time")
     _record(state, cmd, VERIFIED, f"batch 1 of {len(release['batches'])}")
@@ -468,12 +467,9 @@ def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 
 def _fail(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     """A leader-observed failure (download, verify, deadline): roll back."""
-    release = _release_for(state, cmd)
-    if release is None or release["state"] not in (*FORWARD, PAUSED):
-        return Outcome("invalid", "fail: no release in a forward state")
-    fenced = _fence(release, cmd)
-    if fenced:
-        return fenced
+    release, refused = _leader_release(state, cmd, (*FORWARD, PAUSED), "fail: no release in a forward state")
+    if release is None:
+        return refused  # type: ignore[return-value]
     _begin_rollback(state, cmd, {"host": cmd["host"], "step": cmd["step"], "reason": cmd["reason"]})
     return Outcome("accepted")
 
