@@ -95,6 +95,9 @@ def initial_state(group: str) -> dict[str, Any]:
         "highest_version": None,   # highest version the group ever completed (anti-rollback)
         "release": None,
         "releases_started": 0,
+        "leader_term": 0,          # newest Raft term a leader announced (`lead`) or acted in: the fence
+        "leader": None,            # {"node", "term", "since"} of the announced leader
+        "unreachable": {},         # member -> wall time of its last contact, as the leader reported it
         "seq": 0,
         "history": [],
         "rejected": [],
@@ -214,7 +217,10 @@ def _flag(cmd: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _record(state: dict[str, Any], cmd: dict[str, Any], frm: str | None, detail: str = "") -> None:
+def _record(state: dict[str, Any], cmd: dict[str, Any], frm: str | None, detail: str = "", *,
+            touch: bool = True) -> None:
+    """Append a history entry; `touch=False` for group events (leader, liveness) that leave the
+    release itself unchanged."""
     state["seq"] += 1
     release = state["release"]
     entry = {
@@ -223,7 +229,7 @@ def _record(state: dict[str, Any], cmd: dict[str, Any], frm: str | None, detail:
         "from": frm, "to": release["state"] if release else None, "detail": detail,
     }
     state["history"] = (state["history"] + [entry])[-HISTORY_LIMIT:]
-    if release:
+    if release and touch:
         release["updated_at"] = cmd.get("time")
 
 
@@ -241,16 +247,22 @@ def _leader_release(state: dict[str, Any], cmd: dict[str, Any], states: tuple[st
     release = _release_for(state, cmd)
     if release is None or release["state"] not in states:
         return None, Outcome("invalid", refusal)
-    fenced = _fence(release, cmd)
+    fenced = _fence(state, cmd, release)
     return (None, fenced) if fenced else (release, None)
 
 
-def _fence(release: dict[str, Any], cmd: dict[str, Any]) -> Outcome | None:
-    """Leader commands from an older Raft term than the release has seen are stale."""
+def _fence(state: dict[str, Any], cmd: dict[str, Any], release: dict[str, Any] | None = None) -> Outcome | None:
+    """Leader commands carry the Raft term in which their step started. One from a term older
+    than the newest the group has seen (a leader announced with `lead`, or any leader command,
+    or the release's own start) is from a deposed leader: stale, rejected. Otherwise the
+    command's term becomes the newest seen."""
     term = _term(cmd)
-    if term < release["term"]:
-        return Outcome("invalid", f"stale leader command from term {term} < {release['term']}")
-    release["term"] = term
+    newest = max(state.get("leader_term", 0), release["term"] if release else 0)
+    if term < newest:
+        return Outcome("invalid", f"stale leader command from term {term} < {newest} (a newer leader took over)")
+    state["leader_term"] = term
+    if release is not None:
+        release["term"] = term
     return None
 
 
@@ -272,6 +284,7 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     if not 0 < fraction <= 1:
         return Outcome("invalid", f"batch_fraction must be in (0, 1], got {fraction}")
     allow_downgrade, canary = _flag(cmd, "allow_downgrade"), _flag(cmd, "canary")
+    allow_unreachable = _flag(cmd, "allow_unreachable")
     release = state["release"]
     if release and release["state"] not in TERMINAL:
         if release["version"] == version:
@@ -283,7 +296,18 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     if highest and compare_versions(version, highest) < 0 and not allow_downgrade:
         return Outcome("invalid", f"version {version} is lower than {highest}, the highest the group ran "
                        "(rollback protection); ask for allow_downgrade to go back on purpose")
-    _new_release(state, cmd, version, sorted(members), fraction, canary, attempt=1)
+    unreachable = sorted(m for m in members if m in state.get("unreachable", {}))
+    if unreachable and not allow_unreachable:
+        return Outcome("conflict", f"member(s) {', '.join(unreachable)} not heard from by the leader: a release "
+                       "started now would wait for them and roll the group back; start their agents, or ask for "
+                       "allow_unreachable to release to the other members only")
+    reachable = sorted(m for m in members if m not in unreachable)
+    if not reachable:
+        return Outcome("conflict", "every member is unreachable")
+    _new_release(state, cmd, version, reachable, fraction, canary, attempt=1)
+    state["release"]["excluded"] = unreachable
+    if unreachable:
+        state["history"][-1]["detail"] += f" without unreachable {', '.join(unreachable)}"
     return Outcome("accepted")
 
 
@@ -301,6 +325,7 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
         "state": RUNNING_OLD,
         "paused_from": None,
         "members": members,
+        "excluded": [],            # members left out because they were unreachable (allow_unreachable)
         "batch_fraction": fraction,
         "canary": canary,
         "batches": [],
@@ -372,6 +397,7 @@ def _retry(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         return Outcome("conflict", f"retry needs a rolled_back release, got {got}")
     _new_release(state, {**cmd, "allow_downgrade": release["allow_downgrade"]}, release["version"],
                  release["members"], release["batch_fraction"], release["canary"], release["attempt"] + 1)
+    state["release"]["excluded"] = release.get("excluded", [])
     return Outcome("accepted")
 
 
@@ -474,6 +500,50 @@ def _fail(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     return Outcome("accepted")
 
 
+def _lead(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A new leader announces its term before it acts: from then on every leader command from an
+    older term (a deposed leader finishing a step it started before) is rejected as stale."""
+    term, actor = _term(cmd), cmd["actor"]
+    if not isinstance(actor, str) or not actor:
+        return Outcome("invalid", "lead: actor must be the leader's node id")
+    if term <= state.get("leader_term", 0) and (state.get("leader") or {}).get("term") == term:
+        return Outcome("noop", f"term {term} already announced")
+    fenced = _fence(state, cmd)
+    if fenced:
+        return fenced
+    state["leader"] = {"node": actor, "term": term, "since": cmd.get("time")}
+    release = state["release"]
+    _record(state, cmd, release["state"] if release else None, f"{actor} leads in term {term}", touch=False)
+    return Outcome("accepted")
+
+
+MEMBERS_LIMIT = 1000
+
+
+def _liveness(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The leader reports which members it has not heard from (member -> wall time of the last
+    contact, or None if never): a release is refused while one of its members is unreachable."""
+    unreachable = cmd["unreachable"]
+    if (not isinstance(unreachable, dict) or len(unreachable) > MEMBERS_LIMIT
+            or not all(isinstance(k, str) and 0 < len(k) <= 64 for k in unreachable)
+            or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                       for v in unreachable.values())):
+        return Outcome("invalid", "liveness: unreachable must map member ids to a time or null")
+    fenced = _fence(state, cmd)
+    if fenced:
+        return fenced
+    before = state.get("unreachable", {})
+    if set(unreachable) == set(before):
+        return Outcome("noop", "liveness unchanged")
+    state["unreachable"] = dict(sorted(unreachable.items()))
+    lost, back = sorted(set(unreachable) - set(before)), sorted(set(before) - set(unreachable))
+    release = state["release"]
+    detail = "; ".join(part for part in (f"unreachable: {', '.join(lost)}" if lost else "",
+                                         f"reachable again: {', '.join(back)}" if back else "") if part)
+    _record(state, cmd, release["state"] if release else None, detail, touch=False)
+    return Outcome("accepted")
+
+
 # --- member reports --------------------------------------------------------------------------
 
 
@@ -521,7 +591,7 @@ def _revert_timeout(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = _release_for(state, cmd)
     if release is None or release["state"] != ROLLING_BACK or not release["rollback"]:
         return Outcome("invalid", "revert_timeout: no open rollback batch")
-    fenced = _fence(release, cmd)
+    fenced = _fence(state, cmd, release)
     if fenced:
         return fenced
     for host in release["rollback"][0]:
@@ -614,5 +684,7 @@ _HANDLERS = {
     "fail": _fail,
     "host_done": _host_done,
     "revert_timeout": _revert_timeout,
+    "lead": _lead,
+    "liveness": _liveness,
 }
 OPS = tuple(sorted(_HANDLERS))

@@ -815,6 +815,104 @@ def test_new_leader_fences_the_old_one_for_the_rest_of_the_release():
     g.open_batch(term=3)
 
 
+def test_announced_leader_fences_a_deposed_one_before_it_commits_anything():
+    """The deposed leader of term 2 finishes its verify step after h04 announced term 3 (`lead`)
+    but before h04 proposed anything for the release: its result is stale all the same."""
+    g = Group()
+    g.term = 2
+    g.start()
+    g.downloaded()
+    g.do("lead", term=3, actor="h04")
+    assert g.state["leader"] == {"node": "h04", "term": 3, "since": g.state["history"][-1]["time"]}
+    assert g.state["history"][-1]["detail"] == "h04 leads in term 3"
+    out = g.verified(term=2, expect="invalid")
+    assert "stale" in out.reason and "term 2 < 3" in out.reason
+    assert g.release["state"] == DOWNLOADED
+    g.verified(term=3, actor="h04")
+    assert g.release["state"] == VERIFIED
+
+
+def test_lead_is_announced_once_per_term_and_never_goes_back():
+    g = Group()
+    g.do("lead", term=4, actor="h01")
+    g.do("lead", "noop", term=4, actor="h01")
+    g.do("lead", "invalid", term=3, actor="h02")
+    assert g.state["leader_term"] == 4 and g.state["leader"]["node"] == "h01"
+    g.do("lead", "invalid", term=5, actor="")
+    g.do("lead", term=5, actor="h02")
+    assert [e["detail"] for e in g.state["history"]] == ["h01 leads in term 4", "h02 leads in term 5"]
+
+
+def test_lead_leaves_a_terminal_release_as_it_was():
+    g = Group()
+    g.release_fully()
+    before = copy.deepcopy(g.release)
+    g.do("lead", term=9, actor="h03")
+    assert g.release == before
+
+
+def test_start_is_refused_while_a_member_is_unreachable():
+    g = Group()
+    g.do("liveness", unreachable={"h03": 1234.5})
+    assert g.state["unreachable"] == {"h03": 1234.5}
+    assert g.state["history"][-1]["detail"] == "unreachable: h03"
+    out = g.start(members=hosts(5), expect="conflict")
+    assert "h03" in out.reason and "allow_unreachable" in out.reason
+    assert g.state["release"] is None
+    g.do("liveness", unreachable={})
+    assert g.state["history"][-1]["detail"] == "reachable again: h03"
+    g.start(members=hosts(5))
+    assert g.release["excluded"] == [] and g.release["members"] == hosts(5)
+
+
+def test_allow_unreachable_releases_to_the_other_members_only():
+    g = Group()
+    g.do("liveness", unreachable={"h01": None, "h03": 10.0})
+    g.start(members=hosts(5), allow_unreachable=True)
+    assert g.release["members"] == ["h00", "h02", "h04"]
+    assert g.release["excluded"] == ["h01", "h03"]
+    assert set(g.release["hosts"]) == {"h00", "h02", "h04"}
+    assert g.state["history"][-1]["detail"] == "start 2.4 without unreachable h01, h03"
+    g.downloaded()
+    g.verified()
+    g.open_batch()
+    while g.release["state"] == ROLLING:
+        g.finish_batch()
+    assert g.release["state"] == CURRENT and g.state["current_version"] == "2.4"
+
+
+def test_every_member_unreachable_starts_nothing():
+    g = Group()
+    g.do("liveness", unreachable={h: None for h in hosts(2)})
+    g.start(members=hosts(2), allow_unreachable=True, expect="conflict")
+    assert g.state["release"] is None
+
+
+def test_retry_keeps_the_members_left_out():
+    g = Group()
+    g.do("liveness", unreachable={"h01": None})
+    g.start(members=hosts(3), allow_unreachable=True)
+    g.fail()
+    assert g.release["state"] == ROLLED_BACK
+    g.do("retry")
+    assert g.release["attempt"] == 2 and g.release["excluded"] == ["h01"] and "h01" not in g.release["hosts"]
+
+
+@pytest.mark.parametrize("unreachable", [["h01"], {"h01": "yesterday"}, {"": 1.0}, {"h01": float("inf")},
+                                         {"h01": True}, {f"h{i}": None for i in range(1001)}])
+def test_malformed_liveness_is_rejected(unreachable):
+    g = Group()
+    g.do("liveness", "invalid", unreachable=unreachable)
+    assert g.state["unreachable"] == {}
+
+
+def test_stale_liveness_is_fenced():
+    g = Group()
+    g.do("lead", term=5, actor="h01")
+    g.do("liveness", "invalid", term=4, unreachable={"h02": None})
+    assert g.state["unreachable"] == {}
+
+
 @pytest.mark.parametrize("term", ["7", 7.0, 7.5, True, -1, float("inf"), float("nan"), [7], {"t": 7}])
 def test_malformed_term_is_rejected(term):
     g = Group()
@@ -1163,6 +1261,10 @@ class FsmMachine(RuleBasedStateMachine):
             args = {"release": self._release_id(data), "reason": data.draw(maybe(st.just("deadline")))}
         elif op == "abort":
             args = {"reason": data.draw(maybe(st.none()))}
+        elif op == "liveness":
+            members = rel["members"] if rel else hosts(3)
+            args = {"unreachable": data.draw(maybe(st.dictionaries(st.sampled_from(members), st.just(1.0),
+                                                                   max_size=2)))}
         else:
             args = {}
         # sometimes drop an argument
@@ -1303,10 +1405,15 @@ class FsmMachine(RuleBasedStateMachine):
                 assert batch is not None
             assert (batch if batch is not None else -1) >= last
             self.max_batch[new_rel["id"]] = batch if batch is not None else -1
-        # leader commands are fenced: none from an older term than the release has seen is accepted
+        # leader commands are fenced: none from an older term than the group has seen is accepted
         if op in ("downloaded", "verified", "open_batch", "fail", "revert_timeout") and outcome.code == "accepted":
             term = 0 if cmd.get("term") is None else cmd["term"]
             assert type(term) is int and term >= old_rel["term"] and new_rel["term"] == term
+        if op in ("downloaded", "verified", "open_batch", "fail", "revert_timeout", "lead", "liveness") \
+                and outcome.code == "accepted":
+            term = 0 if cmd.get("term") is None else cmd["term"]
+            assert term >= old["leader_term"] and new["leader_term"] == term
+        assert new["leader_term"] >= old["leader_term"], "the newest leader term never goes back"
         # while paused, reports are recorded but nothing moves on (only a failure may start a rollback)
         if old_rel is not None and old_rel["state"] == PAUSED and new_rel["id"] == old_rel["id"]:
             if new_rel["state"] == PAUSED:
