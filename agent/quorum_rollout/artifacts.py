@@ -2,9 +2,10 @@
 
 Downloads stream to `<store>/partial/<digest>.part` in 64 KiB chunks, hashing on the fly (one
 pass, constant memory), resume with HTTP Range, stop at the signed size, and land under
-`<store>/sha256/<digest>` only by an atomic rename once the sha256 matched. Only the leader
-talks to mirrors (`fetch_release`); members fetch from holders over the group-authenticated
-peer endpoint (`fetch_from_peers`, `peer_auth_header`, `check_peer_auth`, `open_range`).
+`<store>/sha256/<digest>` only by an atomic rename once the sha256 matched. The leader talks
+to mirrors in two steps (`fetch_manifest`, then `download_from_mirrors`); members fetch from
+holders over the group-authenticated peer endpoint (`fetch_from_peers`, `peer_auth_header`,
+`check_peer_auth`, `open_range`).
 """
 
 from __future__ import annotations
@@ -485,19 +486,6 @@ def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer:
             sess.close()
     _raise_all_failed(f"{manifest.name} {manifest.version}", failures)
     raise AssertionError("unreachable")
-
-
-def fetch_release(cfg: Any, store: Store, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
-                  highest_version: str | None, allow_downgrade: bool, log: Log = None,
-                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-                  backoff: float = 0.5) -> tuple[Manifest, Path, str]:
-    """Leader path in one call: `fetch_manifest`, then `download_from_mirrors` preferring the
-    mirror that served the manifest. Returns (manifest, path, mirror the file came from)."""
-    manifest, mirror = fetch_manifest(cfg, version, policy, now=now, group=group, highest_version=highest_version,
-                                      allow_downgrade=allow_downgrade, log=log, session=session, sleep=sleep,
-                                      backoff=backoff)
-    path, used = download_from_mirrors(cfg, store, manifest, prefer=mirror, log=log, session=session)
-    return manifest, path, mirror if used == "local" else used
 
 
 # ---------------------------------------------------------------------------------------- peers

@@ -66,12 +66,16 @@ def publish(mirror: MirrorServer, version: str = "2.4", payload: bytes = PAYLOAD
 
 
 def fetch(cfg: ArtifactsConfig, store: Store, version: str = "2.4", **kwargs: Any) -> Any:
+    """The leader's two steps (as coordinator._download): the verified manifest, then the file,
+    preferring the mirror that served the manifest. Returns (manifest, path, mirror used)."""
     kwargs.setdefault("now", time.time())
     kwargs.setdefault("group", "intel-eu1")
     kwargs.setdefault("highest_version", None)
     kwargs.setdefault("allow_downgrade", False)
     kwargs.setdefault("sleep", lambda seconds: None)
-    return artifacts.fetch_release(cfg, store, version, POLICY, **kwargs)
+    manifest, mirror = artifacts.fetch_manifest(cfg, version, POLICY, **kwargs)
+    path, used = artifacts.download_from_mirrors(cfg, store, manifest, prefer=mirror, log=kwargs.get("log"))
+    return manifest, path, mirror if used == "local" else used
 
 
 def store_files(store: Store) -> list[str]:
@@ -370,7 +374,7 @@ def test_mirrors_ordered_by_latency_and_cached(make_mirror: MakeMirror, closed_p
     assert len(fast.requests) == 3
 
 
-def test_fetch_release_from_a_good_mirror(make_mirror: MakeMirror, store: Store) -> None:
+def test_leader_fetch_from_a_good_mirror(make_mirror: MakeMirror, store: Store) -> None:
     mirror = make_mirror()
     publish(mirror, targets=["intel-*"])
     events: list[tuple[str, dict[str, Any]]] = []
@@ -383,7 +387,7 @@ def test_fetch_release_from_a_good_mirror(make_mirror: MakeMirror, store: Store)
     assert len(mirror.seen(FILE)) == 1  # the store already had it: only the manifest was fetched again
 
 
-def test_fetch_release_falls_back_through_broken_mirrors(make_mirror: MakeMirror, store: Store,
+def test_leader_fetch_falls_back_through_broken_mirrors(make_mirror: MakeMirror, store: Store,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     m404, m500, html, garbage, good = (make_mirror() for _ in range(5))
     m500.behave("demo-app/2.4/manifest.json", status=500, body=b"oops", content_type="text/plain")
@@ -403,7 +407,7 @@ def test_fetch_release_falls_back_through_broken_mirrors(make_mirror: MakeMirror
         assert len(bad.seen("demo-app/2.4/manifest.json")) == 1
 
 
-def test_fetch_release_all_mirrors_unavailable(make_mirror: MakeMirror, store: Store, closed_port_url: str) -> None:
+def test_leader_fetch_all_mirrors_unavailable(make_mirror: MakeMirror, store: Store, closed_port_url: str) -> None:
     m404, big = make_mirror(), make_mirror()
     big.behave("demo-app/2.4/manifest.json", body=b"{" * 70_000, status=200, content_type="application/json",
                declare_length=False)
