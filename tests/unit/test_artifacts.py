@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -18,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum_rollout import artifacts, signing
 from quorum_rollout.artifacts import (
     ArtifactError,
+    Cancelled,
+    DeadlineExceeded,
     DiskFull,
     HttpError,
     MirrorUnavailable,
@@ -76,6 +80,26 @@ def fetch(cfg: ArtifactsConfig, store: Store, version: str = "2.4", **kwargs: An
     manifest, mirror = artifacts.fetch_manifest(cfg, version, POLICY, **kwargs)
     path, used = artifacts.download_from_mirrors(cfg, store, manifest, prefer=mirror, log=kwargs.get("log"))
     return manifest, path, mirror if used == "local" else used
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"not true within {timeout} s"
+        time.sleep(0.01)
+
+
+def cancel_when(predicate: Callable[[], bool]) -> tuple[threading.Event, list[float]]:
+    """An event another thread sets as soon as `predicate` holds; the list gets the set time."""
+    cancel, when = threading.Event(), []
+
+    def run() -> None:
+        wait_for(predicate)
+        when.append(time.monotonic())
+        cancel.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return cancel, when
 
 
 def store_files(store: Store) -> list[str]:
@@ -351,6 +375,127 @@ def test_bandwidth_cap_below_min_rate_is_not_a_slow_mirror(make_mirror: MakeMirr
     path = artifacts.download(f"{mirror.url}/{FILE}", store, hashlib.sha256(payload).hexdigest(), len(payload),
                               cfg=cfg)
     assert path.read_bytes() == payload
+
+
+# --------------------------------------------------------------------------- deadline and cancel
+
+
+def test_deadline_ends_a_trickling_download_and_a_later_one_resumes(make_mirror: MakeMirror, store: Store) -> None:
+    slow, good = make_mirror(), make_mirror()
+    for mirror in (slow, good):
+        mirror.put(FILE, PAYLOAD)
+    slow.behave(FILE, trickle=0.5, trickle_bytes=1)  # each read gets a byte, so the socket never times out
+    url, start = f"{slow.url}/{FILE}", time.monotonic()
+    words = (rf"^{url}: deadline passed after \d+ of {len(PAYLOAD)} bytes received "
+             r"\(deadline: monotonic [\d.]+, [\d.]+ s ago\); partial file kept for a Range resume$")
+    with pytest.raises(DeadlineExceeded, match=words) as info:
+        artifacts.download(url, store, DIGEST, len(PAYLOAD), cfg=make_cfg(), deadline=start + 2)
+    assert time.monotonic() - start < 3
+    assert isinstance(info.value, ArtifactError) and info.value.deadline == start + 2
+    partial = store.partial(DIGEST).read_bytes()
+    assert 0 < len(partial) == info.value.received and partial == PAYLOAD[:len(partial)]
+    path = artifacts.download(f"{good.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg())
+    assert [s.headers.get("Range") for s in good.seen(FILE)] == [f"bytes={len(partial)}-"]
+    assert path.read_bytes() == PAYLOAD and store_files(store) == [f"sha256/{DIGEST}"]
+
+
+def test_deadline_caps_the_socket_timeouts(silent_url: str, store: Store) -> None:
+    start = time.monotonic()  # read_timeout is 5 s, the deadline 1 s away
+    with pytest.raises(DeadlineExceeded, match=f"{silent_url}/x: deadline passed after 0 bytes"):
+        artifacts.download(f"{silent_url}/x", store, DIGEST, len(PAYLOAD), cfg=make_cfg(), deadline=start + 1)
+    assert time.monotonic() - start < 2
+
+
+def test_deadline_ends_a_trickling_manifest_and_no_other_mirror_is_tried(make_mirror: MakeMirror) -> None:
+    slow, good = make_mirror(), make_mirror()
+    publish(slow)
+    publish(good)
+    slow.behave("demo-app/2.4/manifest.json", trickle=0.5, trickle_bytes=1)
+    good.behave("/", delay=0.3)  # measured slower, so the trickling mirror is tried first
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=f"{slow.url}/demo-app/2.4/manifest.json: deadline passed after"):
+        artifacts.fetch_manifest(make_cfg(slow.url, good.url), "2.4", POLICY, now=time.time(), group=None,
+                                 highest_version=None, allow_downgrade=False, deadline=start + 2)
+    assert time.monotonic() - start < 3
+    assert good.seen("demo-app/2.4/manifest.json") == []  # the deadline is the caller's: not a mirror failure
+
+
+def test_deadline_is_not_a_mirror_failure_for_the_artifact_either(make_mirror: MakeMirror, store: Store) -> None:
+    slow, good = make_mirror(), make_mirror()
+    publish(slow)
+    publish(good)
+    slow.behave(FILE, trickle=0.2, trickle_bytes=1)
+    manifest = artifacts.fetch_manifest(make_cfg(good.url), "2.4", POLICY, now=time.time(), group=None,
+                                        highest_version=None, allow_downgrade=False)[0]
+    cfg, start = make_cfg(slow.url, good.url), time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        artifacts.download_from_mirrors(cfg, store, manifest, prefer=slow.url, deadline=start + 1)
+    assert time.monotonic() - start < 2 and good.seen(FILE) == []
+    assert artifacts.download_from_mirrors(cfg, store, manifest, prefer=good.url)[1] == good.url
+
+
+def test_cancel_from_another_thread_ends_a_download(make_mirror: MakeMirror, store: Store) -> None:
+    mirror = make_mirror()
+    mirror.put(FILE, PAYLOAD)
+    mirror.behave(FILE, trickle=0.05, trickle_bytes=1)
+    cancel, when = cancel_when(lambda: mirror.bytes_served >= 5)
+    with pytest.raises(Cancelled, match=rf"{mirror.url}/{FILE}: cancelled after \d+ of {len(PAYLOAD)} bytes received; "
+                                        "partial file kept") as info:
+        artifacts.download(f"{mirror.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg(), cancel=cancel,
+                           deadline=time.monotonic() + 20)  # the deadline only keeps a broken test from hanging
+    assert time.monotonic() - when[0] < 1
+    partial = store.partial(DIGEST).read_bytes()
+    assert len(partial) == info.value.received >= 5 and partial == PAYLOAD[:len(partial)]
+
+
+def test_backoff_between_mirrors_stops_at_the_deadline_and_wakes_on_cancel(make_mirror: MakeMirror) -> None:
+    broken, good = make_mirror(), make_mirror()
+    broken.behave("demo-app/2.4/manifest.json", status=500, body=b"oops", content_type="text/plain")
+    publish(good)
+    good.behave("/", delay=0.3)
+    cfg = make_cfg(broken.url, good.url)
+    args: dict[str, Any] = dict(now=time.time(), group=None, highest_version=None, allow_downgrade=False, backoff=60)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=rf"failed before: {broken.url}: HttpError: .*HTTP 500") as info:
+        artifacts.fetch_manifest(cfg, "2.4", POLICY, deadline=start + 1, **args)
+    assert time.monotonic() - start < 2 and good.seen("demo-app/2.4/manifest.json") == []
+    assert [m for m, _ in info.value.causes] == [broken.url]
+    cancel, when = cancel_when(lambda: len(broken.seen("demo-app/2.4/manifest.json")) == 2)
+    with pytest.raises(Cancelled):
+        artifacts.fetch_manifest(cfg, "2.4", POLICY, cancel=cancel, deadline=time.monotonic() + 20, **args)
+    assert time.monotonic() - when[0] < 1
+
+
+def test_waits_for_the_bandwidth_cap_and_the_lock_stop_at_the_deadline(make_mirror: MakeMirror,
+                                                                       store: Store) -> None:
+    mirror = make_mirror()
+    mirror.put(FILE, PAYLOAD)
+    start = time.monotonic()  # 1 KB/s: the first 64 KiB read alone would wait a minute
+    with pytest.raises(DeadlineExceeded, match="partial file kept"):
+        artifacts.download(f"{mirror.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg(),
+                           limiter=TokenBucket(1000), deadline=start + 1)
+    assert time.monotonic() - start < 2
+    with store.lock(DIGEST):  # another transfer of the same digest is under way
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="after 0 bytes"):
+            artifacts.download(f"{mirror.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg(),
+                               deadline=start + 0.5)
+        assert time.monotonic() - start < 1.5
+
+
+def test_compressed_manifest_is_decoded_within_the_size_limit(make_mirror: MakeMirror) -> None:
+    def gzipped(path: Path, header: str | None) -> tuple[int, dict[str, str], Any, int]:
+        data = gzip.compress(path.read_bytes())
+        return 200, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, io.BytesIO(data), len(data)
+
+    mirror = make_mirror(serve_range=gzipped)
+    publish(mirror)
+    args: dict[str, Any] = dict(now=time.time(), group=None, highest_version=None, allow_downgrade=False)
+    manifest, _ = artifacts.fetch_manifest(make_cfg(mirror.url), "2.4", POLICY, **args)
+    assert manifest.sha256 == DIGEST
+    mirror.put("demo-app/2.4/manifest.json", b"{" + b" " * 200_000 + b"}")  # compresses to a few hundred bytes
+    with pytest.raises(MirrorUnavailable, match="ManifestTooLarge"):
+        artifacts.fetch_manifest(make_cfg(mirror.url), "2.4", POLICY, **args)
 
 
 # -------------------------------------------------------------------------------------- mirrors
