@@ -713,11 +713,12 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
     """Member path: the file from the first holder (node_id, api_url) that serves it, verified.
 
     Returns (path, node_id), or (path, "local") when the store already holds it. `DiskFull`,
-    `DeadlineExceeded` and `Cancelled` are raised at once (see `download`).
+    `DeadlineExceeded` and `Cancelled` are raised at once (see `download`). cfg.peer_timeout is
+    the connect and read timeout of each request: a frozen holder is left after that long.
     """
     if store.has(manifest.sha256, manifest.size):
         return store.path(manifest.sha256), "local"
-    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
+    bounds = _Bounds(cfg.peer_timeout, cfg.peer_timeout, deadline, cancel)
     tried: list[tuple[str, Exception]] = []
     sess = session or requests.Session()
     try:

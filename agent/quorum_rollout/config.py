@@ -93,6 +93,7 @@ class ArtifactsConfig:
     max_peer_uploads: int = 4
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    peer_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,7 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
         max_peer_uploads=s.number("max_peer_uploads", int, 4, 1),
         connect_timeout=s.number("connect_timeout", float, 5.0, 0, strict=True),
         read_timeout=s.number("read_timeout", float, 30.0, 0, strict=True),
+        peer_timeout=s.number("peer_timeout", float, 5.0, 0, strict=True),
     )
 
 

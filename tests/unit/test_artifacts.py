@@ -709,6 +709,19 @@ def test_fetch_from_peers_names_every_holder(make_mirror: MakeMirror, store: Sto
         artifacts.fetch_from_peers([], peer_manifest(), store, SECRET, make_cfg())
 
 
+def test_a_frozen_holder_is_left_after_peer_timeout(make_mirror: MakeMirror, store: Store, silent_url: str) -> None:
+    good = peer_server(make_mirror)
+    cfg, start = make_cfg(peer_timeout=1.0, read_timeout=30.0), time.monotonic()
+    path, source = artifacts.fetch_from_peers([("frozen", silent_url), ("n2", good.url)], peer_manifest(), store,
+                                              SECRET, cfg)
+    assert time.monotonic() - start < cfg.peer_timeout + 2
+    assert (source, path.read_bytes()) == ("n2", PAYLOAD)
+    start = time.monotonic()
+    with pytest.raises(PeersUnavailable, match=rf"frozen \({silent_url}{PEER_FILE_PATH}\): ArtifactError: .*timed out"):
+        artifacts.fetch_from_peers([("frozen", silent_url)], peer_manifest(), Store(store.root / "x"), SECRET, cfg)
+    assert time.monotonic() - start < cfg.peer_timeout + 1
+
+
 @pytest.mark.parametrize(("header", "status", "content_range", "body"), [
     (None, 200, None, b"0123456789"),
     ("bytes=3-", 206, "bytes 3-9/10", b"3456789"),
