@@ -316,6 +316,27 @@ def test_slow_retrieval_guard(make_mirror: MakeMirror, store: Store) -> None:
     assert 0 < store.partial(DIGEST).stat().st_size < len(PAYLOAD)  # kept for a resume elsewhere
 
 
+def test_slow_retrieval_guard_is_on_by_default(make_mirror: MakeMirror, store: Store) -> None:
+    slow, good = make_mirror(), make_mirror()
+    publish(slow)
+    publish(good)
+    slow.behave(FILE, trickle=0.2, trickle_bytes=256)  # ~1.3 KB/s
+    good.behave("/", delay=0.3)
+    cfg = make_cfg(slow.url, good.url, min_rate_window=1.0)
+    assert cfg.min_rate == 4096  # the default (test_config: the parser's default is the same)
+    url = f"{slow.url}/{FILE}"
+    with pytest.raises(TransferTooSlow, match=rf"^{url}: \d+ B/s over 1 s, below 4096 B/s \(artifacts.min_rate\)"):
+        artifacts.download(url, store, DIGEST, len(PAYLOAD), cfg=cfg)
+    kept = store.partial(DIGEST).stat().st_size
+    assert kept > 0
+    events: list[tuple[str, dict[str, Any]]] = []
+    _manifest, path, used = fetch(cfg, store, log=lambda e, **f: events.append((e, f)))
+    assert used == good.url and path.read_bytes() == PAYLOAD
+    assert [(e, f["mirror"], f.get("kind")) for e, f in events] == [("mirror_failed", slow.url, "TransferTooSlow"),
+                                                                   ("mirror_used", good.url, None)]
+    assert good.seen(FILE)[0].headers["Range"].startswith("bytes=")  # resumed what the slow mirror sent
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now, self.slept = 100.0, []  # type: ignore[var-annotated]

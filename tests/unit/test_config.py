@@ -85,6 +85,7 @@ def test_valid_config_defaults_and_normalisation(tmp_path: Path) -> None:
 def test_artifacts_defaults(tmp_path: Path) -> None:
     got = load(tmp_path, base()).artifacts
     assert got.peer_timeout == 5.0 and got.read_timeout == 30.0
+    assert (got.min_rate, got.min_rate_window) == (4096, 30.0)  # the slow-retrieval guard is on
     # the parser's defaults are the dataclass's (each is written in both places)
     assert got == C.ArtifactsConfig(name=got.name, mirrors=got.mirrors, trusted_keys=got.trusted_keys)
 
