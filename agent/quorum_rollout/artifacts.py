@@ -69,11 +69,12 @@ Causes = Iterable[tuple[str, Exception]]
 
 
 class ArtifactError(Exception):
-    """A download/mirror/peer failure; the message names where (`url`) and the cause."""
+    """A download/mirror/peer failure; the message names where (`url`) and the cause.
+    `causes`: (source, error) of each source tried; `error`: the network exception, if any."""
 
-    def __init__(self, url: str, cause: str = "", *, causes: Causes = ()) -> None:
+    def __init__(self, url: str, cause: str = "", *, causes: Causes = (), error: BaseException | None = None) -> None:
         super().__init__(f"{url}: {cause}" if cause else url)
-        self.url, self.cause, self.causes = url, cause, list(causes)
+        self.url, self.cause, self.causes, self.error = url, cause, list(causes), error
 
 
 class HttpError(ArtifactError):
@@ -96,6 +97,18 @@ class TransferTooSlow(ArtifactError):
 
 class MirrorUnavailable(ArtifactError):
     """No mirror served the release; `causes` holds (mirror, error) for each."""
+
+
+class NotPublished(MirrorUnavailable):
+    """Every mirror answered 404 for the manifest: this version is not published (yet)."""
+
+    def __init__(self, name: str, version: str, causes: Causes) -> None:
+        super().__init__(f"{name} {version}", causes=causes)
+        mirrors = ", ".join(m for m, _ in self.causes)
+        self.cause = (f"is not published on any mirror (404 from: {mirrors}); publish it, or check the version "
+                      "and artifacts.mirrors")
+        self.args = (f"{name} {version} {self.cause}",)
+        self.name, self.version = name, version
 
 
 class PeersUnavailable(ArtifactError):
@@ -132,6 +145,35 @@ _STOP = (DeadlineExceeded, Cancelled)
 
 class TooLarge(LengthMismatch):
     """The server sent (or announced) more bytes than the signed size: endless-data attack."""
+
+
+_RETRY_STATUS = frozenset({408, 425, 429})  # and every 5xx
+_NETWORK_DOWN = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.ProtocolError,
+                 urllib3.exceptions.TimeoutError, ConnectionError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if trying again later (with backoff, within the step deadline) may succeed: the source
+    was unreachable, timed out, broke off, was too slow, or answered 5xx/408/425/429.
+
+    False for what a retry cannot fix: trust refusals (`TrustError`: signature, hash, size, expiry,
+    downgrade), `DiskFull`, other 4xx (404, 403, ...), TLS errors, a version `NotPublished`, and the
+    caller's own `DeadlineExceeded` and `Cancelled`. An error listing several sources
+    (`MirrorUnavailable`, `PeersUnavailable`) is transient only if every source's error is.
+    """
+    if isinstance(exc, (DeadlineExceeded, Cancelled, DiskFull, NotPublished, TrustError)):
+        return False
+    if isinstance(exc, HttpError):
+        return exc.status >= 500 or exc.status in _RETRY_STATUS
+    if isinstance(exc, (TransferInterrupted, TransferTooSlow)):
+        return True
+    if isinstance(exc, ArtifactError):
+        if exc.causes:
+            return all(is_transient(error) for _, error in exc.causes)
+        return exc.error is not None and is_transient(exc.error)
+    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
+        return False  # a certificate or TLS setup problem
+    return isinstance(exc, _NETWORK_DOWN)
 
 
 def _check_digest(digest: str) -> str:
@@ -305,7 +347,7 @@ def _get(sess: requests.Session, url: str, headers: dict[str, str], bounds: _Bou
                         timeout=bounds.timeout())
     except requests.RequestException as exc:
         bounds.check(url, slack=_SLACK)  # a timeout the deadline imposed
-        raise ArtifactError(url, f"request failed: {_why(exc)}") from None
+        raise ArtifactError(url, f"request failed: {_why(exc)}", error=exc) from None
 
 
 def _arrivals(url: str, resp: requests.Response, bounds: _Bounds, *, expected: int | None = None,
@@ -323,7 +365,8 @@ def _arrivals(url: str, resp: requests.Response, bounds: _Bounds, *, expected: i
             chunk = resp.raw.read1(CHUNK, decode_content=False)
         except _NET_ERRORS as exc:
             bounds.check(url, got, expected=expected, kept=kept, slack=_SLACK)
-            raise TransferInterrupted(url, f"broken after {_progress(got, expected)} bytes ({_why(exc)})") from None
+            raise TransferInterrupted(url, f"broken after {_progress(got, expected)} bytes ({_why(exc)})",
+                                      error=exc) from None
         if not chunk:
             return
         got += len(chunk)
@@ -631,6 +674,8 @@ def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, gro
             invalidate(cfg.mirrors)
         if session is None:
             sess.close()
+    if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
+        raise NotPublished(cfg.name, version, failures)
     _raise_all_failed(f"{cfg.name} {version}", failures)
     raise AssertionError("unreachable")
 

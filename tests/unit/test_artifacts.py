@@ -25,6 +25,7 @@ from quorum_rollout.artifacts import (
     DiskFull,
     HttpError,
     MirrorUnavailable,
+    NotPublished,
     PeersUnavailable,
     RateGuard,
     Store,
@@ -773,6 +774,88 @@ def test_open_range_empty_file(tmp_path: Path) -> None:
     status, _headers, fileobj, length = artifacts.open_range(path, None)
     fileobj.close()
     assert (status, length) == (200, 0)
+
+
+def raised(call: Callable[..., Any], *args: Any, **kwargs: Any) -> BaseException:
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # whatever the failure raised
+        return exc
+    raise AssertionError(f"{call.__name__} did not fail")
+
+
+def test_is_transient_over_real_failures(make_mirror: MakeMirror, store: Store, closed_port_url: str,
+                                         silent_url: str, tmp_path: Path) -> None:
+    mirror, hostile = make_mirror(), make_mirror()
+    publish(mirror)
+    publish(hostile, key=OTHER_KEY)
+    for status in (500, 503, 429, 404, 403):
+        mirror.behave(f"s{status}", status=status, body=b"no", content_type="text/plain")
+    mirror.behave("s500/demo-app/2.4/manifest.json", status=500, body=b"no", content_type="text/plain")
+    mirror.put("other", b"X" + PAYLOAD[1:])
+    mirror.put("cut", PAYLOAD)
+    mirror.behave("cut", cut_after=1000)
+    mirror.put("slow", PAYLOAD)
+    mirror.behave("slow", trickle=0.01)
+
+    stores = iter(range(100))
+
+    def get(path: str, base: str = mirror.url, call: dict[str, Any] | None = None, **cfg: Any) -> BaseException:
+        fresh = Store(tmp_path / f"store{next(stores)}")  # no partial left over from another case
+        return raised(artifacts.download, f"{base}/{path}", fresh, DIGEST, len(PAYLOAD), cfg=make_cfg(**cfg),
+                      retries=0, **(call or {}))
+
+    def manifest(*mirrors: str) -> BaseException:
+        return raised(fetch, make_cfg(*mirrors), store)
+
+    stopped = threading.Event()
+    stopped.set()
+    cases = {
+        "connection refused": get("x", closed_port_url),
+        "no answer (read timeout)": get("x", silent_url, read_timeout=0.3),
+        "HTTP 500": get("s500"), "HTTP 503": get("s503"), "HTTP 429": get("s429"),
+        "HTTP 404": get("s404"), "HTTP 403": get("s403"),
+        "connection cut mid-body": get("cut"),
+        "too slow": get("slow", min_rate=10_000_000, min_rate_window=0.2),
+        "hash mismatch": get("other"),
+        "disk full": get("other", free_space_margin=10**18),
+        "deadline": get("slow", call={"deadline": time.monotonic() + 0.2}),
+        "cancelled": get("slow", call={"cancel": stopped}),
+        "untrusted signature": manifest(hostile.url),
+        "every mirror down or 5xx": manifest(closed_port_url, f"{mirror.url}/s500"),
+        "every mirror 404": manifest(f"{mirror.url}/nothing", f"{mirror.url}/void"),
+        "404 and down": manifest(f"{mirror.url}/nothing", closed_port_url),
+        "peer refused": raised(artifacts.fetch_from_peers, [("n1", closed_port_url)], peer_manifest(), store,
+                               SECRET, make_cfg()),
+    }
+    assert {name: (type(exc).__name__, artifacts.is_transient(exc)) for name, exc in cases.items()} == {
+        "connection refused": ("ArtifactError", True),
+        "no answer (read timeout)": ("ArtifactError", True),
+        "HTTP 500": ("HttpError", True), "HTTP 503": ("HttpError", True), "HTTP 429": ("HttpError", True),
+        "HTTP 404": ("HttpError", False), "HTTP 403": ("HttpError", False),
+        "connection cut mid-body": ("TransferInterrupted", True),
+        "too slow": ("TransferTooSlow", True),
+        "hash mismatch": ("HashMismatch", False),
+        "disk full": ("DiskFull", False),
+        "deadline": ("DeadlineExceeded", False),
+        "cancelled": ("Cancelled", False),
+        "untrusted signature": ("UnknownKey", False),
+        "every mirror down or 5xx": ("MirrorUnavailable", True),
+        "every mirror 404": ("NotPublished", False),
+        "404 and down": ("MirrorUnavailable", False),
+        "peer refused": ("PeersUnavailable", True),
+    }
+
+
+def test_a_version_no_mirror_has_is_not_published(make_mirror: MakeMirror, store: Store) -> None:
+    first, second = make_mirror(), make_mirror()
+    publish(first, version="2.3")
+    with pytest.raises(NotPublished) as info:
+        fetch(make_cfg(first.url, second.url), store)
+    assert isinstance(info.value, MirrorUnavailable) and (info.value.name, info.value.version) == ("demo-app", "2.4")
+    assert str(info.value).startswith("demo-app 2.4 is not published on any mirror (404 from: ")
+    assert first.url in str(info.value) and second.url in str(info.value)
+    assert sorted(m for m, _ in info.value.causes) == sorted([first.url, second.url])
 
 
 def test_error_classes() -> None:
