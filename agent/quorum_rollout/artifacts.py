@@ -115,6 +115,10 @@ class PeersUnavailable(ArtifactError):
     """No holder served the artifact; `causes` holds (holder, error) for each."""
 
 
+class TooLarge(LengthMismatch):
+    """The server sent (or announced) more bytes than the signed size: endless-data attack."""
+
+
 def _progress(received: int, expected: int | None) -> str:
     return f"{received} of {expected}" if expected is not None else str(received)
 
@@ -141,10 +145,6 @@ class Cancelled(ArtifactError):
 
 
 _STOP = (DeadlineExceeded, Cancelled)
-
-
-class TooLarge(LengthMismatch):
-    """The server sent (or announced) more bytes than the signed size: endless-data attack."""
 
 
 _RETRY_STATUS = frozenset({408, 425, 429})  # and every 5xx
@@ -581,9 +581,10 @@ def _get_manifest(sess: requests.Session, url: str, cfg: Any, bounds: _Bounds) -
             if len(raw) > limit:
                 break
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
-    if len(raw) > limit or len(raw := _decoded(url, bytes(raw), encoding, limit)) > limit:
+    body = bytes(raw) if len(raw) > limit else _decoded(url, bytes(raw), encoding, limit)
+    if len(body) > limit:
         raise ManifestTooLarge(f"{url}: manifest is over artifacts.max_manifest_bytes ({limit}); refused")
-    return raw
+    return body
 
 
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
