@@ -1,10 +1,17 @@
 """Release artifacts: content-addressed store, mirrors, streaming downloads, peer transfer.
 
-Downloads stream to `<store>/partial/<digest>.part` in 64 KiB chunks, hashing on the fly (one
-pass, constant memory), resume with HTTP Range, stop at the signed size, and land under
-`<store>/sha256/<digest>` only by an atomic rename once the sha256 matched. Only the leader
-talks to mirrors (`fetch_release`); members fetch from holders over the group-authenticated
-peer endpoint (`fetch_from_peers`, `peer_auth_header`, `check_peer_auth`, `open_range`).
+Downloads stream to `<store>/partial/<digest>.part` as bytes arrive (reads of at most 64 KiB that
+return as soon as some bytes are there), hashing on the fly (one pass, constant memory), resume
+with HTTP Range, stop at the signed size, and land under
+`<store>/sha256/<digest>` only by an atomic rename once the sha256 matched. The leader talks
+to mirrors in two steps (`fetch_manifest`, then `download_from_mirrors`); members fetch from
+holders over the group-authenticated peer endpoint (`fetch_from_peers`, `peer_auth_header`,
+`check_peer_auth`, `open_range`).
+
+Every network call takes an optional `deadline` (a `time.monotonic()` value) and `cancel` event,
+checked between reads, before each source is tried and during every wait: no socket timeout,
+backoff or bandwidth-cap wait outlasts the time left, so a trickling or silent source ends the
+call at the deadline (`DeadlineExceeded`) rather than when it pleases.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ import hashlib
 import hmac
 import io
 import logging
+import math
 import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Union
@@ -50,6 +60,8 @@ _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NET_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+_SLACK = 0.05  # a wait that the deadline cut short may end this much before it
+_KEPT = "; partial file kept for a Range resume"
 
 # A logging.Logger (events go through quorum_rollout.log.event) or a callable(event, **fields).
 Log = Union[logging.Logger, Callable[..., None], None]
@@ -57,11 +69,12 @@ Causes = Iterable[tuple[str, Exception]]
 
 
 class ArtifactError(Exception):
-    """A download/mirror/peer failure; the message names where (`url`) and the cause."""
+    """A download/mirror/peer failure; the message names where (`url`) and the cause.
+    `causes`: (source, error) of each source tried; `error`: the network exception, if any."""
 
-    def __init__(self, url: str, cause: str = "", *, causes: Causes = ()) -> None:
+    def __init__(self, url: str, cause: str = "", *, causes: Causes = (), error: BaseException | None = None) -> None:
         super().__init__(f"{url}: {cause}" if cause else url)
-        self.url, self.cause, self.causes = url, cause, list(causes)
+        self.url, self.cause, self.causes, self.error = url, cause, list(causes), error
 
 
 class HttpError(ArtifactError):
@@ -86,12 +99,81 @@ class MirrorUnavailable(ArtifactError):
     """No mirror served the release; `causes` holds (mirror, error) for each."""
 
 
+class NotPublished(MirrorUnavailable):
+    """Every mirror answered 404 for the manifest: this version is not published (yet)."""
+
+    def __init__(self, name: str, version: str, causes: Causes) -> None:
+        super().__init__(f"{name} {version}", causes=causes)
+        mirrors = ", ".join(m for m, _ in self.causes)
+        self.cause = (f"is not published on any mirror (404 from: {mirrors}); publish it, or check the version "
+                      "and artifacts.mirrors")
+        self.args = (f"{name} {version} {self.cause}",)
+        self.name, self.version = name, version
+
+
 class PeersUnavailable(ArtifactError):
     """No holder served the artifact; `causes` holds (holder, error) for each."""
 
 
 class TooLarge(LengthMismatch):
     """The server sent (or announced) more bytes than the signed size: endless-data attack."""
+
+
+def _progress(received: int, expected: int | None) -> str:
+    return f"{received} of {expected}" if expected is not None else str(received)
+
+
+class DeadlineExceeded(ArtifactError):
+    """The caller's `deadline` (a `time.monotonic()` value) passed first. Raised at once (no other
+    source is tried); a partial download is kept for a later Range resume."""
+
+    def __init__(self, url: str, received: int, deadline: float, *, expected: int | None = None,
+                 kept: bool = False) -> None:
+        late = max(time.monotonic() - deadline, 0.0)
+        super().__init__(url, f"deadline passed after {_progress(received, expected)} bytes received (deadline: "
+                              f"monotonic {deadline:.3f}, {late:.2f} s ago){_KEPT if kept else ''}")
+        self.received, self.deadline = received, deadline
+
+
+class Cancelled(ArtifactError):
+    """The caller set its `cancel` event. Raised at once; a partial download is kept."""
+
+    def __init__(self, url: str, received: int, *, expected: int | None = None, kept: bool = False) -> None:
+        super().__init__(url, f"cancelled after {_progress(received, expected)} bytes received"
+                              f"{_KEPT if kept else ''}")
+        self.received = received
+
+
+_STOP = (DeadlineExceeded, Cancelled)
+
+
+_RETRY_STATUS = frozenset({408, 425, 429})  # and every 5xx
+_NETWORK_DOWN = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.ProtocolError,
+                 urllib3.exceptions.TimeoutError, ConnectionError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if trying again later (with backoff, within the step deadline) may succeed: the source
+    was unreachable, timed out, broke off, was too slow, or answered 5xx/408/425/429.
+
+    False for what a retry cannot fix: trust refusals (`TrustError`: signature, hash, size, expiry,
+    downgrade), `DiskFull`, other 4xx (404, 403, ...), TLS errors, a version `NotPublished`, and the
+    caller's own `DeadlineExceeded` and `Cancelled`. An error listing several sources
+    (`MirrorUnavailable`, `PeersUnavailable`) is transient only if every source's error is.
+    """
+    if isinstance(exc, (DeadlineExceeded, Cancelled, DiskFull, NotPublished, TrustError)):
+        return False
+    if isinstance(exc, HttpError):
+        return exc.status >= 500 or exc.status in _RETRY_STATUS
+    if isinstance(exc, (TransferInterrupted, TransferTooSlow)):
+        return True
+    if isinstance(exc, ArtifactError):
+        if exc.causes:
+            return all(is_transient(error) for _, error in exc.causes)
+        return exc.error is not None and is_transient(exc.error)
+    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
+        return False  # a certificate or TLS setup problem
+    return isinstance(exc, _NETWORK_DOWN)
 
 
 def _check_digest(digest: str) -> str:
@@ -154,11 +236,11 @@ class TokenBucket:
             self._last = now
             return max(0.0, -self._tokens / self.rate)
 
-    def consume(self, n: int) -> float:
-        """Wait until n bytes may be sent; return the seconds waited."""
+    def consume(self, n: int, *, sleep: Callable[[float], None] | None = None) -> float:
+        """Wait until n bytes may be sent (with `sleep`, default the bucket's); return the wait."""
         wait = self.reserve(n)
         if wait > 0:
-            self._sleep(wait)
+            (sleep or self._sleep)(wait)
         return wait
 
 
@@ -184,6 +266,68 @@ class RateGuard:
         return rate if rate < self.min_rate else None
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """The limits of one call: socket timeouts per request (`connect`, `read`), the caller's
+    `deadline` (time.monotonic()) and `cancel` event. No wait is longer than the time left."""
+
+    connect: float
+    read: float
+    deadline: float | None = None
+    cancel: threading.Event | None = None
+
+    def check(self, url: str, received: int = 0, *, expected: int | None = None, kept: bool = False,
+              slack: float = 0.0) -> None:
+        """Raise `Cancelled` or `DeadlineExceeded` if it is time to stop."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(url, received, expected=expected, kept=kept)
+        if self.deadline is not None and time.monotonic() >= self.deadline - slack:
+            raise DeadlineExceeded(url, received, self.deadline, expected=expected, kept=kept)
+
+    def left(self) -> float:
+        """Seconds before the deadline (inf without one; at least 1 ms, as a socket timeout)."""
+        return math.inf if self.deadline is None else max(self.deadline - time.monotonic(), 0.001)
+
+    def timeout(self) -> tuple[float, float] | urllib3.Timeout:
+        """The `timeout` for requests: (connect, read), each capped to the time left."""
+        return (self.connect, self.read) if self.deadline is None else _DeadlineTimeout(self)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep up to `seconds`, never past the deadline; wake as soon as cancel is set."""
+        seconds = min(seconds, self.left())
+        if seconds <= 0:
+            return
+        if self.cancel is not None:
+            self.cancel.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    @property
+    def bounded(self) -> bool:
+        return self.deadline is not None or self.cancel is not None
+
+    def acquire(self, lock: threading.Lock, url: str) -> None:
+        """Take `lock`; while another transfer holds it, keep checking cancel and the deadline."""
+        if not self.bounded:
+            lock.acquire()
+            return
+        while not lock.acquire(timeout=min(0.1, self.left())):
+            self.check(url)
+
+
+class _DeadlineTimeout(urllib3.Timeout):
+    """urllib3 clones the Timeout for every request it sends (each redirect too): every clone
+    gets the configured timeouts capped to the time then left before the deadline."""
+
+    def __init__(self, bounds: _Bounds) -> None:
+        self._bounds = bounds
+        left = bounds.left()
+        super().__init__(connect=min(bounds.connect, left), read=min(bounds.read, left), total=left)
+
+    def clone(self) -> urllib3.Timeout:
+        return _DeadlineTimeout(self._bounds)
+
+
 def _why(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 300 else text[:297] + "..."
@@ -196,25 +340,44 @@ def _emit(log: Log, name: str, level: str = "info", **fields: Any) -> None:
         log(name, **fields)
 
 
-def _get(sess: requests.Session, url: str, headers: dict[str, str], cfg: Any) -> requests.Response:
+def _get(sess: requests.Session, url: str, headers: dict[str, str], bounds: _Bounds) -> requests.Response:
+    bounds.check(url)
     try:
         return sess.get(url, headers={"Accept-Encoding": "identity", **headers}, stream=True,
-                        timeout=(cfg.connect_timeout, cfg.read_timeout))
+                        timeout=bounds.timeout())
     except requests.RequestException as exc:
-        raise ArtifactError(url, f"request failed: {_why(exc)}") from None
+        bounds.check(url, slack=_SLACK)  # a timeout the deadline imposed
+        raise ArtifactError(url, f"request failed: {_why(exc)}", error=exc) from None
+
+
+def _arrivals(url: str, resp: requests.Response, bounds: _Bounds, *, expected: int | None = None,
+              kept: bool = False) -> Iterator[bytes]:
+    """The raw body of `resp` as it arrives. Each read returns as soon as some bytes are there
+    (urllib3 `read1`; `read(amt)` would wait for all `amt`), and waits at most the read timeout
+    and the time left; `bounds` are checked before every read. A TransferInterrupted if it breaks."""
+    got = 0
+    while True:
+        bounds.check(url, got, expected=expected, kept=kept)
+        conn = resp.raw.connection  # None once the whole body is read
+        if conn is not None and conn.sock is not None:
+            conn.sock.settimeout(min(bounds.read, bounds.left()))
+        try:
+            chunk = resp.raw.read1(CHUNK, decode_content=False)
+        except _NET_ERRORS as exc:
+            bounds.check(url, got, expected=expected, kept=kept, slack=_SLACK)
+            raise TransferInterrupted(url, f"broken after {_progress(got, expected)} bytes ({_why(exc)})",
+                                      error=exc) from None
+        if not chunk:
+            return
+        got += len(chunk)
+        yield chunk
 
 
 def _copy_body(url: str, resp: requests.Response, out: BinaryIO, hasher: Any, expected: int, cfg: Any,
-               limiter: TokenBucket | None) -> int:
+               limiter: TokenBucket | None, bounds: _Bounds) -> int:
     guard = RateGuard(cfg.min_rate, cfg.min_rate_window) if cfg.min_rate else None
-    chunks, got = resp.raw.stream(CHUNK, decode_content=False), 0
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except _NET_ERRORS as exc:
-            raise TransferInterrupted(url, f"broken after {got} of {expected} bytes ({_why(exc)})") from None
-        if chunk is None:
-            return got
+    got = 0
+    for chunk in _arrivals(url, resp, bounds, expected=expected, kept=True):
         if got + len(chunk) > expected:
             raise TooLarge(f"{url}: server sent more than the {expected} bytes expected (signed size); refused "
                            "the rest and deleted the partial file: the source is broken or hostile")
@@ -225,17 +388,19 @@ def _copy_body(url: str, resp: requests.Response, out: BinaryIO, hasher: Any, ex
             raise cls(url, f"writing {out.name} failed: {exc.strerror}") from None
         hasher.update(chunk)
         got += len(chunk)
-        waited = limiter.consume(len(chunk)) if limiter is not None else 0.0
+        pause = bounds.pause if bounds.bounded else None  # the next read's check raises if it is time
+        waited = limiter.consume(len(chunk), sleep=pause) if limiter is not None else 0.0
         if guard is not None:
             guard.exclude(waited)
         rate = guard.update(len(chunk)) if guard is not None else None
         if rate is not None:
             raise TransferTooSlow(url, f"{rate:.0f} B/s over {cfg.min_rate_window:g} s, below {cfg.min_rate} B/s "
                                        "(artifacts.min_rate): slow-retrieval guard; partial file kept")
+    return got
 
 
 def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers: dict[str, str],
-              sess: requests.Session, limiter: TokenBucket | None) -> Path:
+              sess: requests.Session, limiter: TokenBucket | None, bounds: _Bounds) -> Path:
     part = store.partial(digest)
     offset = part.stat().st_size if part.exists() else 0
     if offset > size:
@@ -250,15 +415,16 @@ def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers:
     if offset:  # re-hash what we have so the final hash stays one pass over the whole file
         with open(part, "rb") as f:
             for block in iter(lambda: f.read(1024 * 1024), b""):
+                bounds.check(url, kept=True)
                 hasher.update(block)
     if offset < size or not part.exists():
-        with _get(sess, url, {**headers, "Range": f"bytes={offset}-"} if offset else headers, cfg) as resp:
+        with _get(sess, url, {**headers, "Range": f"bytes={offset}-"} if offset else headers, bounds) as resp:
             status, mode = resp.status_code, "wb"
             if offset and status == 206 and _content_range_ok(resp, offset, size):
                 mode = "ab"
             elif offset and status in (206, 416):  # wrong Content-Range or unsatisfiable: start over
                 part.unlink()
-                return _transfer(url, store, digest, size, cfg, headers, sess, limiter)
+                return _transfer(url, store, digest, size, cfg, headers, sess, limiter, bounds)
             elif status != 200:
                 raise HttpError(url, status, resp.reason or "")
             elif offset:  # the server ignored Range and sends the whole file: restart from 0
@@ -269,7 +435,7 @@ def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers:
                 raise TooLarge(f"{url}: announces {declared} bytes where the signed size leaves {expected}; refused")
             try:
                 with open(part, mode) as out:
-                    got = _copy_body(url, resp, out, hasher, expected, cfg, limiter)
+                    got = _copy_body(url, resp, out, hasher, expected, cfg, limiter, bounds)
                     out.flush()
                     os.fsync(out.fileno())
             except TooLarge:
@@ -293,27 +459,36 @@ def _content_range_ok(resp: requests.Response, offset: int, size: int) -> bool:
 
 def download(url: str, store: Store, sha256: str, size: int, *, cfg: Any, headers: dict[str, str] | None = None,
              session: requests.Session | None = None, limiter: TokenBucket | None = None,
-             retries: int = 2) -> Path:
+             retries: int = 2, deadline: float | None = None, cancel: threading.Event | None = None) -> Path:
     """Stream `url` into `store` and return the verified final path (`cfg`: an ArtifactsConfig).
 
     A transfer that breaks after some progress is resumed with Range up to `retries` times; a
     resumed file whose hash fails is fetched once more from byte 0 (the partial may have come
     from another source). Without `limiter`, cfg.bandwidth_limit caps this transfer alone.
+    Past `deadline` (time.monotonic()) it raises `DeadlineExceeded`, once `cancel` is set
+    `Cancelled`; the partial file stays for a later resume.
     """
+    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
+    return _download(url, store, sha256, size, cfg, headers, session, limiter, retries, bounds)
+
+
+def _download(url: str, store: Store, sha256: str, size: int, cfg: Any, headers: dict[str, str] | None,
+              session: requests.Session | None, limiter: TokenBucket | None, retries: int, bounds: _Bounds) -> Path:
     digest = _check_digest(sha256)
     if store.has(digest, size):
         return store.path(digest)
     store.prepare()
     if limiter is None and cfg.bandwidth_limit:
         limiter = TokenBucket(cfg.bandwidth_limit)
-    part, sess = store.partial(digest), session or requests.Session()
+    part, sess, lock = store.partial(digest), session or requests.Session(), store.lock(digest)
     attempt, restarted = 0, False
     try:
-        with store.lock(digest):
+        bounds.acquire(lock, url)
+        try:
             while not store.has(digest, size):  # another thread may have finished it meanwhile
                 before = part.stat().st_size if part.exists() else 0
                 try:
-                    return _transfer(url, store, digest, size, cfg, dict(headers or {}), sess, limiter)
+                    return _transfer(url, store, digest, size, cfg, dict(headers or {}), sess, limiter, bounds)
                 except TransferInterrupted:
                     if attempt >= retries or (part.stat().st_size if part.exists() else 0) <= before:
                         raise
@@ -323,6 +498,8 @@ def download(url: str, store: Store, sha256: str, size: int, *, cfg: Any, header
                         raise
                     restarted = True
             return store.path(digest)
+        finally:
+            lock.release()
     finally:
         if session is None:
             sess.close()
@@ -335,20 +512,28 @@ _order_lock = threading.Lock()
 
 
 def order_mirrors(mirrors: Sequence[str], *, timeout: float, session: requests.Session | None = None,
-                  clock: Callable[[], float] = time.monotonic) -> list[str]:
+                  clock: Callable[[], float] = time.monotonic, deadline: float | None = None,
+                  cancel: threading.Event | None = None) -> list[str]:
     """Mirrors by measured latency (HEAD of the base URL; any HTTP answer counts), unreachable
-    ones last in their given order. Cached for ORDER_TTL seconds; `invalidate` drops the cache."""
+    ones last in their given order. Cached for ORDER_TTL seconds; `invalidate` drops the cache.
+    No HEAD outlasts `deadline`; past it or once `cancel` is set, measuring stops (nothing cached)."""
     key = tuple(dict.fromkeys(mirrors))
     with _order_lock:
         hit = _order_cache.get(key)
         if hit is not None and clock() - hit[0] < ORDER_TTL:
             return list(hit[1])
-    sess, latency = session or requests.Session(), {}
+    bounds = _Bounds(timeout, timeout, deadline, cancel)
+    sess, latency, complete = session or requests.Session(), {}, True
     try:
         for mirror in key:
+            try:
+                bounds.check(mirror)
+            except _STOP:
+                complete = False
+                break
             start = time.monotonic()
             try:
-                sess.head(mirror + "/", timeout=timeout, allow_redirects=False).close()
+                sess.head(mirror + "/", timeout=bounds.timeout(), allow_redirects=False).close()
             except requests.RequestException:
                 continue
             latency[mirror] = time.monotonic() - start
@@ -356,8 +541,9 @@ def order_mirrors(mirrors: Sequence[str], *, timeout: float, session: requests.S
         if session is None:
             sess.close()
     ordered = sorted(latency, key=latency.__getitem__) + [m for m in key if m not in latency]
-    with _order_lock:
-        _order_cache[key] = (clock(), ordered)
+    if complete:
+        with _order_lock:
+            _order_cache[key] = (clock(), ordered)
     return list(ordered)
 
 
@@ -377,9 +563,9 @@ def invalidate(mirrors: Sequence[str] | None = None) -> None:
             _order_cache.pop(tuple(dict.fromkeys(mirrors)), None)
 
 
-def _get_manifest(sess: requests.Session, url: str, cfg: Any) -> bytes:
+def _get_manifest(sess: requests.Session, url: str, cfg: Any, bounds: _Bounds) -> bytes:
     limit = cfg.max_manifest_bytes
-    with _get(sess, url, {}, cfg) as resp:
+    with _get(sess, url, {}, bounds) as resp:
         if resp.status_code != 200:
             raise HttpError(url, resp.status_code, resp.reason or "")
         ctype = resp.headers.get("Content-Type", "")
@@ -389,13 +575,33 @@ def _get_manifest(sess: requests.Session, url: str, cfg: Any) -> bytes:
         if declared.isdigit() and int(declared) > limit:
             raise ManifestTooLarge(f"{url}: manifest announces {declared} bytes, over artifacts.max_manifest_bytes "
                                    f"({limit}); refused")
-        try:
-            raw = resp.raw.read(limit + 1, decode_content=True)
-        except _NET_ERRORS as exc:
-            raise ArtifactError(url, f"reading the manifest failed: {_why(exc)}") from None
-    if len(raw) > limit:
+        raw = bytearray()
+        for chunk in _arrivals(url, resp, bounds, expected=int(declared) if declared.isdigit() else None):
+            raw += chunk
+            if len(raw) > limit:
+                break
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    body = bytes(raw) if len(raw) > limit else _decoded(url, bytes(raw), encoding, limit)
+    if len(body) > limit:
         raise ManifestTooLarge(f"{url}: manifest is over artifacts.max_manifest_bytes ({limit}); refused")
-    return raw
+    return body
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decoded(url: str, raw: bytes, encoding: str, limit: int) -> bytes:
+    """A manifest without its Content-Encoding, at most `limit` + 1 bytes (a compression bomb stops
+    there). Read raw, since urllib3's decoding read1 may wait on several reads in one call."""
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in _WBITS:
+        raise ArtifactError(url, f"manifest sent with Content-Encoding {encoding!r}; only gzip and deflate are "
+                                 "decoded (the agent asks for identity)")
+    try:
+        return zlib.decompressobj(_WBITS[encoding]).decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise ArtifactError(url, f"manifest Content-Encoding {encoding} does not decode: {exc}") from None
 
 
 def _is_trust_failure(exc: Exception) -> bool:
@@ -403,11 +609,21 @@ def _is_trust_failure(exc: Exception) -> bool:
     return isinstance(exc, TrustError) and not isinstance(exc, (MalformedManifest, ManifestTooLarge))
 
 
+def _listing(failures: list[tuple[str, Exception]], empty: str = "") -> str:
+    listing = "; ".join(f"{who}: {type(e).__name__}: {e}" for who, e in failures) or empty
+    return listing if len(listing) <= 2000 else listing[:2000] + "..."
+
+
+def _add_earlier(exc: ArtifactError, failures: list[tuple[str, Exception]]) -> None:
+    """Name the sources that failed before `exc` (a deadline or cancel) stopped the call."""
+    if failures:
+        exc.causes = [*failures, *exc.causes]
+        exc.args = (f"{exc.args[0]} [failed before: {_listing(failures)}]",)
+
+
 def _raise_all_failed(what: str, failures: list[tuple[str, Exception]]) -> None:
     """The first trust refusal with every source's cause appended, else `MirrorUnavailable`."""
-    listing = "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in failures) or "no mirrors configured"
-    if len(listing) > 2000:
-        listing = listing[:2000] + "..."
+    listing = _listing(failures, "no mirrors configured")
     trust = [e for _, e in failures if _is_trust_failure(e)]
     if trust:
         first = trust[0]
@@ -419,26 +635,35 @@ def _raise_all_failed(what: str, failures: list[tuple[str, Exception]]) -> None:
 
 def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
                    highest_version: str | None, allow_downgrade: bool, log: Log = None,
-                   session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-                   backoff: float = 0.5) -> tuple[Manifest, str]:
+                   session: requests.Session | None = None, sleep: Callable[[float], None] | None = None,
+                   backoff: float = 0.5, deadline: float | None = None,
+                   cancel: threading.Event | None = None) -> tuple[Manifest, str]:
     """The verified manifest from the first mirror (latency order) serving a valid one.
 
     A failing mirror is logged ("mirror_failed") and the next tried after `backoff * 2**(i-1)` s
     (max 10 s): a hostile mirror must not block a good one. A missing/garbage/oversized manifest
     counts as unavailable; trust refusals are raised (first one) when no mirror succeeds.
+    `DeadlineExceeded` (past `deadline`, a time.monotonic() value) and `Cancelled` (`cancel` set)
+    end the call at once; the backoff waits on `cancel` (`sleep`, for tests, replaces that wait).
     """
+    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
     failures: list[tuple[str, Exception]] = []
     sess = session or requests.Session()
     try:
-        for i, mirror in enumerate(order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess)):
-            if i:
-                sleep(min(backoff * 2 ** (i - 1), 10.0))
+        ordered = order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess, deadline=deadline,
+                                cancel=cancel)
+        for i, mirror in enumerate(ordered):
             url = f"{mirror}/{quote(cfg.name)}/{quote(version)}/manifest.json"
             try:
+                if i:
+                    (sleep or bounds.pause)(min(backoff * 2 ** (i - 1), 10.0, bounds.left()))
                 manifest = verify_manifest(
-                    _get_manifest(sess, url, cfg), policy, now=now, name=cfg.name, version=version, group=group,
-                    max_bytes=cfg.max_manifest_bytes, highest_version=highest_version,
+                    _get_manifest(sess, url, cfg, bounds), policy, now=now, name=cfg.name, version=version,
+                    group=group, max_bytes=cfg.max_manifest_bytes, highest_version=highest_version,
                     allow_downgrade=allow_downgrade)
+            except _STOP as exc:
+                _add_earlier(exc, failures)
+                raise
             except (ArtifactError, TrustError) as exc:
                 failures.append((mirror, exc))
                 _emit(log, "mirror_failed", "warning", mirror=mirror, version=version, error=str(exc)[:500],
@@ -450,25 +675,34 @@ def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, gro
             invalidate(cfg.mirrors)
         if session is None:
             sess.close()
+    if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
+        raise NotPublished(cfg.name, version, failures)
     _raise_all_failed(f"{cfg.name} {version}", failures)
     raise AssertionError("unreachable")
 
 
 def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer: str | None = None,
-                          log: Log = None, session: requests.Session | None = None) -> tuple[Path, str]:
+                          log: Log = None, session: requests.Session | None = None, deadline: float | None = None,
+                          cancel: threading.Event | None = None) -> tuple[Path, str]:
     """The artifact of a verified manifest: from `prefer` (the mirror that served the manifest)
-    first, then the others in latency order. `DiskFull` is local and raised at once."""
+    first, then the others in latency order. `DiskFull` is local and raised at once, and so are
+    `DeadlineExceeded` and `Cancelled` (see `download`)."""
     if store.has(manifest.sha256, manifest.size):
         return store.path(manifest.sha256), "local"
+    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
     failures: list[tuple[str, Exception]] = []
     sess = session or requests.Session()
     try:
-        ordered = order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess)
+        ordered = order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess, deadline=deadline,
+                                cancel=cancel)
         for mirror in ([prefer] if prefer else []) + [m for m in ordered if m != prefer]:
             url = f"{mirror}/{quote(cfg.name)}/{quote(manifest.version)}/{quote(manifest.file)}"
             try:
-                path = download(url, store, manifest.sha256, manifest.size, cfg=cfg, session=sess)
+                path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds)
             except DiskFull:
+                raise
+            except _STOP as exc:
+                _add_earlier(exc, failures)
                 raise
             except (ArtifactError, TrustError) as exc:
                 failures.append((mirror, exc))
@@ -485,19 +719,6 @@ def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer:
             sess.close()
     _raise_all_failed(f"{manifest.name} {manifest.version}", failures)
     raise AssertionError("unreachable")
-
-
-def fetch_release(cfg: Any, store: Store, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
-                  highest_version: str | None, allow_downgrade: bool, log: Log = None,
-                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-                  backoff: float = 0.5) -> tuple[Manifest, Path, str]:
-    """Leader path in one call: `fetch_manifest`, then `download_from_mirrors` preferring the
-    mirror that served the manifest. Returns (manifest, path, mirror the file came from)."""
-    manifest, mirror = fetch_manifest(cfg, version, policy, now=now, group=group, highest_version=highest_version,
-                                      allow_downgrade=allow_downgrade, log=log, session=session, sleep=sleep,
-                                      backoff=backoff)
-    path, used = download_from_mirrors(cfg, store, manifest, prefer=mirror, log=log, session=session)
-    return manifest, path, mirror if used == "local" else used
 
 
 # ---------------------------------------------------------------------------------------- peers
@@ -533,13 +754,17 @@ def check_peer_auth(secret: bytes, header: str | None, method: str, path: str, n
 
 def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, store: Store, secret: bytes,
                      cfg: Any, *, session: requests.Session | None = None,
-                     clock: Callable[[], float] = time.time) -> tuple[Path, str]:
+                     clock: Callable[[], float] = time.time, deadline: float | None = None,
+                     cancel: threading.Event | None = None) -> tuple[Path, str]:
     """Member path: the file from the first holder (node_id, api_url) that serves it, verified.
 
-    Returns (path, node_id), or (path, "local") when the store already holds it.
+    Returns (path, node_id), or (path, "local") when the store already holds it. `DiskFull`,
+    `DeadlineExceeded` and `Cancelled` are raised at once (see `download`). cfg.peer_timeout is
+    the connect and read timeout of each request: a frozen holder is left after that long.
     """
     if store.has(manifest.sha256, manifest.size):
         return store.path(manifest.sha256), "local"
+    bounds = _Bounds(cfg.peer_timeout, cfg.peer_timeout, deadline, cancel)
     tried: list[tuple[str, Exception]] = []
     sess = session or requests.Session()
     try:
@@ -547,16 +772,19 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
             url = api_url.rstrip("/") + PEER_PATH.format(digest=manifest.sha256)
             auth = peer_auth_header(secret, "GET", urlsplit(url).path, clock())
             try:
-                return download(url, store, manifest.sha256, manifest.size, cfg=cfg,
-                                headers={"Authorization": auth}, session=sess), node_id
+                return _download(url, store, manifest.sha256, manifest.size, cfg, {"Authorization": auth}, sess,
+                                 None, 2, bounds), node_id
             except DiskFull:
+                raise
+            except _STOP as exc:
+                _add_earlier(exc, tried)
                 raise
             except (ArtifactError, TrustError) as exc:
                 tried.append((f"{node_id} ({url})", exc))
     finally:
         if session is None:
             sess.close()
-    listing = "; ".join(f"{who}: {type(e).__name__}: {e}" for who, e in tried) or "no holders given"
+    listing = _listing(tried, "no holders given")
     raise PeersUnavailable(f"{manifest.name} {manifest.version} sha256 {manifest.sha256[:12]}",
                            f"no peer could serve it: {listing}", causes=tried)
 

@@ -87,12 +87,13 @@ class ArtifactsConfig:
     revoked_keys: tuple[str, ...] = ()
     max_manifest_bytes: int = 65536
     bandwidth_limit: int = 0
-    min_rate: int = 0
+    min_rate: int = 4096
     min_rate_window: float = 30.0
     free_space_margin: int = 67108864
     max_peer_uploads: int = 4
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    peer_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -398,12 +399,13 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
         name=name, mirrors=mirrors, trusted_keys=tuple(keys), key_threshold=threshold, revoked_keys=revoked,
         max_manifest_bytes=s.number("max_manifest_bytes", int, 65536, 1),
         bandwidth_limit=s.number("bandwidth_limit", int, 0, 0, fix="use bytes per second, or 0 for unlimited"),
-        min_rate=s.number("min_rate", int, 0, 0, fix="use bytes per second, or 0 to turn it off"),
+        min_rate=s.number("min_rate", int, 4096, 0, fix="use bytes per second, or 0 to turn it off"),
         min_rate_window=s.number("min_rate_window", float, 30.0, 0, strict=True),
         free_space_margin=s.number("free_space_margin", int, 67108864, 0),
         max_peer_uploads=s.number("max_peer_uploads", int, 4, 1),
         connect_timeout=s.number("connect_timeout", float, 5.0, 0, strict=True),
         read_timeout=s.number("read_timeout", float, 30.0, 0, strict=True),
+        peer_timeout=s.number("peer_timeout", float, 5.0, 0, strict=True),
     )
 
 

@@ -35,7 +35,8 @@ class Behaviour:
     extra: int = 0  # append this many junk bytes after the file
     declare_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     delay: float = 0.0  # seconds to wait before answering (simulated latency)
-    trickle: float = 0.0  # seconds to wait between 1 KiB body chunks (a slow mirror)
+    trickle: float = 0.0  # seconds to wait between body chunks of `trickle_bytes` (a slow mirror)
+    trickle_bytes: int = 1024
     times: int | None = None  # misbehave for the next N requests only, then serve normally
 
 
@@ -109,7 +110,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_body(self, f: BinaryIO, length: int, b: Behaviour) -> None:
         limit = length if b.cut_after is None else min(b.cut_after, length)
-        sent, step = 0, 1024 if b.trickle else 65536
+        sent, step = 0, b.trickle_bytes if b.trickle else 65536
         while sent < limit:
             chunk = f.read(min(step, limit - sent))
             if not chunk:
@@ -218,6 +219,16 @@ def make_mirror(tmp_path: Path) -> Iterator[Callable[..., MirrorServer]]:
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """An http URL on 127.0.0.1 that accepts TCP connections (the kernel completes them from the
+    listen backlog) and never answers: a frozen (SIGSTOPped) peer."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -18,9 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum_rollout import artifacts, signing
 from quorum_rollout.artifacts import (
     ArtifactError,
+    Cancelled,
+    DeadlineExceeded,
     DiskFull,
     HttpError,
     MirrorUnavailable,
+    NotPublished,
     PeersUnavailable,
     RateGuard,
     Store,
@@ -66,12 +71,36 @@ def publish(mirror: MirrorServer, version: str = "2.4", payload: bytes = PAYLOAD
 
 
 def fetch(cfg: ArtifactsConfig, store: Store, version: str = "2.4", **kwargs: Any) -> Any:
+    """The leader's two steps (as coordinator._download): the verified manifest, then the file,
+    preferring the mirror that served the manifest. Returns (manifest, path, mirror used)."""
     kwargs.setdefault("now", time.time())
     kwargs.setdefault("group", "intel-eu1")
     kwargs.setdefault("highest_version", None)
     kwargs.setdefault("allow_downgrade", False)
     kwargs.setdefault("sleep", lambda seconds: None)
-    return artifacts.fetch_release(cfg, store, version, POLICY, **kwargs)
+    manifest, mirror = artifacts.fetch_manifest(cfg, version, POLICY, **kwargs)
+    path, used = artifacts.download_from_mirrors(cfg, store, manifest, prefer=mirror, log=kwargs.get("log"))
+    return manifest, path, mirror if used == "local" else used
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"not true within {timeout} s"
+        time.sleep(0.01)
+
+
+def cancel_when(predicate: Callable[[], bool]) -> tuple[threading.Event, list[float]]:
+    """An event another thread sets as soon as `predicate` holds; the list gets the set time."""
+    cancel, when = threading.Event(), []
+
+    def run() -> None:
+        wait_for(predicate)
+        when.append(time.monotonic())
+        cancel.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return cancel, when
 
 
 def store_files(store: Store) -> list[str]:
@@ -288,6 +317,27 @@ def test_slow_retrieval_guard(make_mirror: MakeMirror, store: Store) -> None:
     assert 0 < store.partial(DIGEST).stat().st_size < len(PAYLOAD)  # kept for a resume elsewhere
 
 
+def test_slow_retrieval_guard_is_on_by_default(make_mirror: MakeMirror, store: Store) -> None:
+    slow, good = make_mirror(), make_mirror()
+    publish(slow)
+    publish(good)
+    slow.behave(FILE, trickle=0.2, trickle_bytes=256)  # ~1.3 KB/s
+    good.behave("/", delay=0.3)
+    cfg = make_cfg(slow.url, good.url, min_rate_window=1.0)
+    assert cfg.min_rate == 4096  # the default (test_config: the parser's default is the same)
+    url = f"{slow.url}/{FILE}"
+    with pytest.raises(TransferTooSlow, match=rf"^{url}: \d+ B/s over 1 s, below 4096 B/s \(artifacts.min_rate\)"):
+        artifacts.download(url, store, DIGEST, len(PAYLOAD), cfg=cfg)
+    kept = store.partial(DIGEST).stat().st_size
+    assert kept > 0
+    events: list[tuple[str, dict[str, Any]]] = []
+    _manifest, path, used = fetch(cfg, store, log=lambda e, **f: events.append((e, f)))
+    assert used == good.url and path.read_bytes() == PAYLOAD
+    assert [(e, f["mirror"], f.get("kind")) for e, f in events] == [("mirror_failed", slow.url, "TransferTooSlow"),
+                                                                   ("mirror_used", good.url, None)]
+    assert good.seen(FILE)[0].headers["Range"].startswith("bytes=")  # resumed what the slow mirror sent
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now, self.slept = 100.0, []  # type: ignore[var-annotated]
@@ -349,6 +399,127 @@ def test_bandwidth_cap_below_min_rate_is_not_a_slow_mirror(make_mirror: MakeMirr
     assert path.read_bytes() == payload
 
 
+# --------------------------------------------------------------------------- deadline and cancel
+
+
+def test_deadline_ends_a_trickling_download_and_a_later_one_resumes(make_mirror: MakeMirror, store: Store) -> None:
+    slow, good = make_mirror(), make_mirror()
+    for mirror in (slow, good):
+        mirror.put(FILE, PAYLOAD)
+    slow.behave(FILE, trickle=0.5, trickle_bytes=1)  # each read gets a byte, so the socket never times out
+    url, start = f"{slow.url}/{FILE}", time.monotonic()
+    words = (rf"^{url}: deadline passed after \d+ of {len(PAYLOAD)} bytes received "
+             r"\(deadline: monotonic [\d.]+, [\d.]+ s ago\); partial file kept for a Range resume$")
+    with pytest.raises(DeadlineExceeded, match=words) as info:
+        artifacts.download(url, store, DIGEST, len(PAYLOAD), cfg=make_cfg(), deadline=start + 2)
+    assert time.monotonic() - start < 3
+    assert isinstance(info.value, ArtifactError) and info.value.deadline == start + 2
+    partial = store.partial(DIGEST).read_bytes()
+    assert 0 < len(partial) == info.value.received and partial == PAYLOAD[:len(partial)]
+    path = artifacts.download(f"{good.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg())
+    assert [s.headers.get("Range") for s in good.seen(FILE)] == [f"bytes={len(partial)}-"]
+    assert path.read_bytes() == PAYLOAD and store_files(store) == [f"sha256/{DIGEST}"]
+
+
+def test_deadline_caps_the_socket_timeouts(silent_url: str, store: Store) -> None:
+    start = time.monotonic()  # read_timeout is 5 s, the deadline 1 s away
+    with pytest.raises(DeadlineExceeded, match=f"{silent_url}/x: deadline passed after 0 bytes"):
+        artifacts.download(f"{silent_url}/x", store, DIGEST, len(PAYLOAD), cfg=make_cfg(), deadline=start + 1)
+    assert time.monotonic() - start < 2
+
+
+def test_deadline_ends_a_trickling_manifest_and_no_other_mirror_is_tried(make_mirror: MakeMirror) -> None:
+    slow, good = make_mirror(), make_mirror()
+    publish(slow)
+    publish(good)
+    slow.behave("demo-app/2.4/manifest.json", trickle=0.5, trickle_bytes=1)
+    good.behave("/", delay=0.3)  # measured slower, so the trickling mirror is tried first
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=f"{slow.url}/demo-app/2.4/manifest.json: deadline passed after"):
+        artifacts.fetch_manifest(make_cfg(slow.url, good.url), "2.4", POLICY, now=time.time(), group=None,
+                                 highest_version=None, allow_downgrade=False, deadline=start + 2)
+    assert time.monotonic() - start < 3
+    assert good.seen("demo-app/2.4/manifest.json") == []  # the deadline is the caller's: not a mirror failure
+
+
+def test_deadline_is_not_a_mirror_failure_for_the_artifact_either(make_mirror: MakeMirror, store: Store) -> None:
+    slow, good = make_mirror(), make_mirror()
+    publish(slow)
+    publish(good)
+    slow.behave(FILE, trickle=0.2, trickle_bytes=1)
+    manifest = artifacts.fetch_manifest(make_cfg(good.url), "2.4", POLICY, now=time.time(), group=None,
+                                        highest_version=None, allow_downgrade=False)[0]
+    cfg, start = make_cfg(slow.url, good.url), time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        artifacts.download_from_mirrors(cfg, store, manifest, prefer=slow.url, deadline=start + 1)
+    assert time.monotonic() - start < 2 and good.seen(FILE) == []
+    assert artifacts.download_from_mirrors(cfg, store, manifest, prefer=good.url)[1] == good.url
+
+
+def test_cancel_from_another_thread_ends_a_download(make_mirror: MakeMirror, store: Store) -> None:
+    mirror = make_mirror()
+    mirror.put(FILE, PAYLOAD)
+    mirror.behave(FILE, trickle=0.05, trickle_bytes=1)
+    cancel, when = cancel_when(lambda: mirror.bytes_served >= 5)
+    with pytest.raises(Cancelled, match=rf"{mirror.url}/{FILE}: cancelled after \d+ of {len(PAYLOAD)} bytes received; "
+                                        "partial file kept") as info:
+        artifacts.download(f"{mirror.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg(), cancel=cancel,
+                           deadline=time.monotonic() + 20)  # the deadline only keeps a broken test from hanging
+    assert time.monotonic() - when[0] < 1
+    partial = store.partial(DIGEST).read_bytes()
+    assert len(partial) == info.value.received >= 5 and partial == PAYLOAD[:len(partial)]
+
+
+def test_backoff_between_mirrors_stops_at_the_deadline_and_wakes_on_cancel(make_mirror: MakeMirror) -> None:
+    broken, good = make_mirror(), make_mirror()
+    broken.behave("demo-app/2.4/manifest.json", status=500, body=b"oops", content_type="text/plain")
+    publish(good)
+    good.behave("/", delay=0.3)
+    cfg = make_cfg(broken.url, good.url)
+    args: dict[str, Any] = dict(now=time.time(), group=None, highest_version=None, allow_downgrade=False, backoff=60)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=rf"failed before: {broken.url}: HttpError: .*HTTP 500") as info:
+        artifacts.fetch_manifest(cfg, "2.4", POLICY, deadline=start + 1, **args)
+    assert time.monotonic() - start < 2 and good.seen("demo-app/2.4/manifest.json") == []
+    assert [m for m, _ in info.value.causes] == [broken.url]
+    cancel, when = cancel_when(lambda: len(broken.seen("demo-app/2.4/manifest.json")) == 2)
+    with pytest.raises(Cancelled):
+        artifacts.fetch_manifest(cfg, "2.4", POLICY, cancel=cancel, deadline=time.monotonic() + 20, **args)
+    assert time.monotonic() - when[0] < 1
+
+
+def test_waits_for_the_bandwidth_cap_and_the_lock_stop_at_the_deadline(make_mirror: MakeMirror,
+                                                                       store: Store) -> None:
+    mirror = make_mirror()
+    mirror.put(FILE, PAYLOAD)
+    start = time.monotonic()  # 1 KB/s: the first 64 KiB read alone would wait a minute
+    with pytest.raises(DeadlineExceeded, match="partial file kept"):
+        artifacts.download(f"{mirror.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg(),
+                           limiter=TokenBucket(1000), deadline=start + 1)
+    assert time.monotonic() - start < 2
+    with store.lock(DIGEST):  # another transfer of the same digest is under way
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="after 0 bytes"):
+            artifacts.download(f"{mirror.url}/{FILE}", store, DIGEST, len(PAYLOAD), cfg=make_cfg(),
+                               deadline=start + 0.5)
+        assert time.monotonic() - start < 1.5
+
+
+def test_compressed_manifest_is_decoded_within_the_size_limit(make_mirror: MakeMirror) -> None:
+    def gzipped(path: Path, header: str | None) -> tuple[int, dict[str, str], Any, int]:
+        data = gzip.compress(path.read_bytes())
+        return 200, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, io.BytesIO(data), len(data)
+
+    mirror = make_mirror(serve_range=gzipped)
+    publish(mirror)
+    args: dict[str, Any] = dict(now=time.time(), group=None, highest_version=None, allow_downgrade=False)
+    manifest, _ = artifacts.fetch_manifest(make_cfg(mirror.url), "2.4", POLICY, **args)
+    assert manifest.sha256 == DIGEST
+    mirror.put("demo-app/2.4/manifest.json", b"{" + b" " * 200_000 + b"}")  # compresses to a few hundred bytes
+    with pytest.raises(MirrorUnavailable, match="ManifestTooLarge"):
+        artifacts.fetch_manifest(make_cfg(mirror.url), "2.4", POLICY, **args)
+
+
 # -------------------------------------------------------------------------------------- mirrors
 
 
@@ -370,7 +541,7 @@ def test_mirrors_ordered_by_latency_and_cached(make_mirror: MakeMirror, closed_p
     assert len(fast.requests) == 3
 
 
-def test_fetch_release_from_a_good_mirror(make_mirror: MakeMirror, store: Store) -> None:
+def test_leader_fetch_from_a_good_mirror(make_mirror: MakeMirror, store: Store) -> None:
     mirror = make_mirror()
     publish(mirror, targets=["intel-*"])
     events: list[tuple[str, dict[str, Any]]] = []
@@ -383,7 +554,7 @@ def test_fetch_release_from_a_good_mirror(make_mirror: MakeMirror, store: Store)
     assert len(mirror.seen(FILE)) == 1  # the store already had it: only the manifest was fetched again
 
 
-def test_fetch_release_falls_back_through_broken_mirrors(make_mirror: MakeMirror, store: Store,
+def test_leader_fetch_falls_back_through_broken_mirrors(make_mirror: MakeMirror, store: Store,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     m404, m500, html, garbage, good = (make_mirror() for _ in range(5))
     m500.behave("demo-app/2.4/manifest.json", status=500, body=b"oops", content_type="text/plain")
@@ -403,7 +574,7 @@ def test_fetch_release_falls_back_through_broken_mirrors(make_mirror: MakeMirror
         assert len(bad.seen("demo-app/2.4/manifest.json")) == 1
 
 
-def test_fetch_release_all_mirrors_unavailable(make_mirror: MakeMirror, store: Store, closed_port_url: str) -> None:
+def test_leader_fetch_all_mirrors_unavailable(make_mirror: MakeMirror, store: Store, closed_port_url: str) -> None:
     m404, big = make_mirror(), make_mirror()
     big.behave("demo-app/2.4/manifest.json", body=b"{" * 70_000, status=200, content_type="application/json",
                declare_length=False)
@@ -560,6 +731,19 @@ def test_fetch_from_peers_names_every_holder(make_mirror: MakeMirror, store: Sto
         artifacts.fetch_from_peers([], peer_manifest(), store, SECRET, make_cfg())
 
 
+def test_a_frozen_holder_is_left_after_peer_timeout(make_mirror: MakeMirror, store: Store, silent_url: str) -> None:
+    good = peer_server(make_mirror)
+    cfg, start = make_cfg(peer_timeout=1.0, read_timeout=30.0), time.monotonic()
+    path, source = artifacts.fetch_from_peers([("frozen", silent_url), ("n2", good.url)], peer_manifest(), store,
+                                              SECRET, cfg)
+    assert time.monotonic() - start < cfg.peer_timeout + 2
+    assert (source, path.read_bytes()) == ("n2", PAYLOAD)
+    start = time.monotonic()
+    with pytest.raises(PeersUnavailable, match=rf"frozen \({silent_url}{PEER_FILE_PATH}\): ArtifactError: .*timed out"):
+        artifacts.fetch_from_peers([("frozen", silent_url)], peer_manifest(), Store(store.root / "x"), SECRET, cfg)
+    assert time.monotonic() - start < cfg.peer_timeout + 1
+
+
 @pytest.mark.parametrize(("header", "status", "content_range", "body"), [
     (None, 200, None, b"0123456789"),
     ("bytes=3-", 206, "bytes 3-9/10", b"3456789"),
@@ -590,6 +774,88 @@ def test_open_range_empty_file(tmp_path: Path) -> None:
     status, _headers, fileobj, length = artifacts.open_range(path, None)
     fileobj.close()
     assert (status, length) == (200, 0)
+
+
+def raised(call: Callable[..., Any], *args: Any, **kwargs: Any) -> BaseException:
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # whatever the failure raised
+        return exc
+    raise AssertionError(f"{call.__name__} did not fail")
+
+
+def test_is_transient_over_real_failures(make_mirror: MakeMirror, store: Store, closed_port_url: str,
+                                         silent_url: str, tmp_path: Path) -> None:
+    mirror, hostile = make_mirror(), make_mirror()
+    publish(mirror)
+    publish(hostile, key=OTHER_KEY)
+    for status in (500, 503, 429, 404, 403):
+        mirror.behave(f"s{status}", status=status, body=b"no", content_type="text/plain")
+    mirror.behave("s500/demo-app/2.4/manifest.json", status=500, body=b"no", content_type="text/plain")
+    mirror.put("other", b"X" + PAYLOAD[1:])
+    mirror.put("cut", PAYLOAD)
+    mirror.behave("cut", cut_after=1000)
+    mirror.put("slow", PAYLOAD)
+    mirror.behave("slow", trickle=0.01)
+
+    stores = iter(range(100))
+
+    def get(path: str, base: str = mirror.url, call: dict[str, Any] | None = None, **cfg: Any) -> BaseException:
+        fresh = Store(tmp_path / f"store{next(stores)}")  # no partial left over from another case
+        return raised(artifacts.download, f"{base}/{path}", fresh, DIGEST, len(PAYLOAD), cfg=make_cfg(**cfg),
+                      retries=0, **(call or {}))
+
+    def manifest(*mirrors: str) -> BaseException:
+        return raised(fetch, make_cfg(*mirrors), store)
+
+    stopped = threading.Event()
+    stopped.set()
+    cases = {
+        "connection refused": get("x", closed_port_url),
+        "no answer (read timeout)": get("x", silent_url, read_timeout=0.3),
+        "HTTP 500": get("s500"), "HTTP 503": get("s503"), "HTTP 429": get("s429"),
+        "HTTP 404": get("s404"), "HTTP 403": get("s403"),
+        "connection cut mid-body": get("cut"),
+        "too slow": get("slow", min_rate=10_000_000, min_rate_window=0.2),
+        "hash mismatch": get("other"),
+        "disk full": get("other", free_space_margin=10**18),
+        "deadline": get("slow", call={"deadline": time.monotonic() + 0.2}),
+        "cancelled": get("slow", call={"cancel": stopped}),
+        "untrusted signature": manifest(hostile.url),
+        "every mirror down or 5xx": manifest(closed_port_url, f"{mirror.url}/s500"),
+        "every mirror 404": manifest(f"{mirror.url}/nothing", f"{mirror.url}/void"),
+        "404 and down": manifest(f"{mirror.url}/nothing", closed_port_url),
+        "peer refused": raised(artifacts.fetch_from_peers, [("n1", closed_port_url)], peer_manifest(), store,
+                               SECRET, make_cfg()),
+    }
+    assert {name: (type(exc).__name__, artifacts.is_transient(exc)) for name, exc in cases.items()} == {
+        "connection refused": ("ArtifactError", True),
+        "no answer (read timeout)": ("ArtifactError", True),
+        "HTTP 500": ("HttpError", True), "HTTP 503": ("HttpError", True), "HTTP 429": ("HttpError", True),
+        "HTTP 404": ("HttpError", False), "HTTP 403": ("HttpError", False),
+        "connection cut mid-body": ("TransferInterrupted", True),
+        "too slow": ("TransferTooSlow", True),
+        "hash mismatch": ("HashMismatch", False),
+        "disk full": ("DiskFull", False),
+        "deadline": ("DeadlineExceeded", False),
+        "cancelled": ("Cancelled", False),
+        "untrusted signature": ("UnknownKey", False),
+        "every mirror down or 5xx": ("MirrorUnavailable", True),
+        "every mirror 404": ("NotPublished", False),
+        "404 and down": ("MirrorUnavailable", False),
+        "peer refused": ("PeersUnavailable", True),
+    }
+
+
+def test_a_version_no_mirror_has_is_not_published(make_mirror: MakeMirror, store: Store) -> None:
+    first, second = make_mirror(), make_mirror()
+    publish(first, version="2.3")
+    with pytest.raises(NotPublished) as info:
+        fetch(make_cfg(first.url, second.url), store)
+    assert isinstance(info.value, MirrorUnavailable) and (info.value.name, info.value.version) == ("demo-app", "2.4")
+    assert str(info.value).startswith("demo-app 2.4 is not published on any mirror (404 from: ")
+    assert first.url in str(info.value) and second.url in str(info.value)
+    assert sorted(m for m, _ in info.value.causes) == sorted([first.url, second.url])
 
 
 def test_error_classes() -> None:

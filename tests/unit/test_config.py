@@ -82,6 +82,14 @@ def test_valid_config_defaults_and_normalisation(tmp_path: Path) -> None:
         cfg.node_id = "x"  # type: ignore[misc]
 
 
+def test_artifacts_defaults(tmp_path: Path) -> None:
+    got = load(tmp_path, base()).artifacts
+    assert got.peer_timeout == 5.0 and got.read_timeout == 30.0
+    assert (got.min_rate, got.min_rate_window) == (4096, 30.0)  # the slow-retrieval guard is on
+    # the parser's defaults are the dataclass's (each is written in both places)
+    assert got == C.ArtifactsConfig(name=got.name, mirrors=got.mirrors, trusted_keys=got.trusted_keys)
+
+
 def test_json_config_and_tls_url(tmp_path: Path) -> None:
     data = base()
     data["api"].update(tls_cert="/etc/q/cert.pem", tls_key="/etc/q/key.pem", bind="::1", port=7443)
@@ -162,6 +170,8 @@ BAD = [
     ("artifacts.min_rate_window", 0, "artifacts.min_rate_window", "> 0"),
     ("artifacts.bandwidth_limit", -1, "artifacts.bandwidth_limit", ">= 0"),
     ("artifacts.read_timeout", "slow", "artifacts.read_timeout", "must be a number"),
+    ("artifacts.peer_timeout", 0, "artifacts.peer_timeout", "must be > 0"),
+    ("artifacts.peer_timeout", "fast", "artifacts.peer_timeout", "must be a number"),
     ("install.hooks.timeout", 0, "install.hooks.timeout", "> 0"),
     ("install.hooks.reload", "x", "install.hooks.reload", "unknown key"),
     ("install.hooks.start", "", "install.hooks.start", "must not be empty"),
