@@ -3,7 +3,9 @@
 * `install_release` unpacks a tar (plain/gz/bz2/xz) or zip archive into a fresh temporary
   directory, refusing anything unsafe (`UnsafeArchive` names the member and the rule), writes
   the `.quorum-complete` marker there and renames the directory into place, so a release
-  directory either is complete or does not exist. Installing again is a no-op.
+  directory either is complete or does not exist. Installing again is a no-op. The marker holds
+  the version and, when the archive came from the artifact store (its file name is a sha256
+  digest), `sha256=<digest>`: `release_digest` reads it back so the store can be pruned.
 * `activate` points `current` at a complete release by renaming a new symlink over it
   (`os.replace`): `current` is never missing, and it is the truth of what the host runs.
 * `run_hook` runs the configured stop/start/restart commands, each in its own process group.
@@ -38,6 +40,7 @@ DEFAULT_MAX_RATIO = 200
 OUTPUT_TAIL = 4096
 STALE_SECONDS = 3600.0
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
@@ -77,6 +80,17 @@ def release_dir(root: str | os.PathLike[str], version: str) -> Path:
 
 def is_complete(root: str | os.PathLike[str], version: str) -> bool:
     return (release_dir(root, version) / COMPLETE_MARKER).is_file()
+
+
+def release_digest(root: str | os.PathLike[str], version: str) -> str | None:
+    """The sha256 of the store artifact `version` was installed from, from its marker; None when the
+    release is not installed or its marker names none (installed from elsewhere, or by an older agent)."""
+    try:
+        lines = (release_dir(root, version) / COMPLETE_MARKER).read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    found = [line[7:] for line in lines[1:] if line.startswith("sha256=")]
+    return found[0] if found and _DIGEST_RE.fullmatch(found[0]) else None
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -261,14 +275,14 @@ def install_release(root: str | os.PathLike[str], version: str, archive: str | o
     archive = Path(archive)
     if not archive.is_file():
         raise InstallError(f"archive {archive} does not exist")
+    digest = archive.name if _DIGEST_RE.fullmatch(archive.name) else None  # a store path: sha256/<digest>
     releases = dest.parent
     releases.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
     try:
         _unpack(archive, tmp, max_bytes, max_ratio)
-        marker = tmp / COMPLETE_MARKER
-        with open(marker, "w", encoding="utf-8") as fh:
-            fh.write(f"{version}\n")
+        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as fh:
+            fh.write(f"{version}\n" + (f"sha256={digest}\n" if digest else ""))
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -343,3 +344,29 @@ def test_prune_keeps_newest_protected_and_current(tmp_path: Path) -> None:
     assert I.list_releases(root) == ["6", "5", "3", "2"]
     assert not stale.exists() and fresh.exists()
     assert I.prune(root, keep=2, protect={"3"}) == []
+
+
+# ----------------------------------------------------------------------------- artifact digest
+
+def test_marker_records_the_store_digest(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "a.tgz", [("VERSION", "file", b"2.0")])
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    stored = tmp_path / "store" / "sha256" / digest
+    stored.parent.mkdir(parents=True)
+    os.replace(archive, stored)
+    root = tmp_path / "root"
+    dest = I.install_release(root, "2.0", stored)
+    assert (dest / I.COMPLETE_MARKER).read_text().splitlines() == ["2.0", f"sha256={digest}"]
+    assert I.release_digest(root, "2.0") == digest
+    I.install_release(root, "3.0", make_tar(tmp_path / "b.tgz", [("VERSION", "file", b"3.0")]))
+    assert I.release_digest(root, "3.0") is None  # not a store path: no digest recorded
+    assert I.release_digest(root, "9.9") is None  # not installed
+
+
+def test_markers_of_older_installs_still_read(tmp_path: Path) -> None:
+    root = installed(tmp_path, "1.0", "1.1")
+    (root / "releases" / "1.0" / I.COMPLETE_MARKER).write_text("1.0\n")  # written by an older agent
+    (root / "releases" / "1.1" / I.COMPLETE_MARKER).write_text("")  # laid out by hand (roles/demo_app)
+    for version in ("1.0", "1.1"):
+        assert I.is_complete(root, version) and I.release_digest(root, version) is None
+    assert I.activate(root, "1.0") is None and sorted(I.list_releases(root)) == ["1.0", "1.1"]
