@@ -6,6 +6,8 @@
   directory either is complete or does not exist. Installing again is a no-op. The marker holds
   the version and, when the archive came from the artifact store (its file name is a sha256
   digest), `sha256=<digest>`: `release_digest` reads it back so the store can be pruned.
+* Free space is checked before anything is unpacked (`InsufficientSpace`), and a disk that fills
+  up anyway fails the same way: the temporary directory is removed, nothing else is touched.
 * `activate` points `current` at a complete release by renaming a new symlink over it
   (`os.replace`): `current` is never missing, and it is the truth of what the host runs.
 * `run_hook` runs the configured stop/start/restart commands, each in its own process group.
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import errno
 import lzma
 import os
 import posixpath
@@ -37,10 +40,12 @@ from typing import IO, Callable
 COMPLETE_MARKER = ".quorum-complete"
 DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_MAX_RATIO = 200
+DEFAULT_FREE_SPACE_MARGIN = 64 * 1024**2
 OUTPUT_TAIL = 4096
 STALE_SECONDS = 3600.0
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _CHUNK = 1 << 20
 
 
@@ -54,6 +59,17 @@ class UnsafeArchive(InstallError):
     def __init__(self, member: str, rule: str) -> None:
         super().__init__(f"unsafe archive member {member!r}: {rule}")
         self.member, self.rule = member, rule
+
+
+class InsufficientSpace(InstallError):
+    """The releases directory's filesystem has (or had, mid-unpack) too little free space."""
+
+    def __init__(self, directory: Path, needed: int, free: int, *, during_write: bool = False) -> None:
+        what = "ran out of space while unpacking" if during_write else "has too little free space to unpack"
+        super().__init__(f"{directory} {what} a release: {needed} bytes needed (content rounded to blocks + "
+                         f"margin), {free} bytes free; nothing was changed: free space there or lower "
+                         "install.keep_releases")
+        self.directory, self.needed, self.free = directory, needed, free
 
 
 class HookFailed(InstallError):
@@ -226,7 +242,30 @@ def _write_file(m: _Member, dest: Path, limit: _Limit) -> None:
     os.chmod(dest, m.mode & 0o777)
 
 
-def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> None:
+def _space_needed(members: list[_Member], directory: Path, margin: int) -> int:
+    """Bytes the release takes on `directory`'s filesystem: each file's declared size rounded up to
+    the block size, a block per directory and symlink and one for the marker, plus `margin`.
+    Raises `InsufficientSpace` when that is more than is free."""
+    block = max(os.statvfs(directory).f_frsize, 1)
+    content = block + sum(-(-m.size // block) * block if m.kind == "file" else block * (m.kind != "hardlink")
+                          for m in members)
+    free = shutil.disk_usage(directory).free
+    if content + margin > free:
+        raise InsufficientSpace(directory, content + margin, free)
+    return content + margin
+
+
+def _disk_full(directory: Path, needed: int) -> InsufficientSpace:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = 0
+    return InsufficientSpace(directory, needed, free, during_write=True)
+
+
+def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float, margin: int) -> int:
+    """Unpack `archive` into `target`; return the bytes `_space_needed` counted."""
+    needed = 0
     with open(archive, "rb") as fh:
         is_zip = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
     try:
@@ -238,6 +277,7 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> No
             members = list(_zip_members(arc) if is_zip else _tar_members(arc))  # type: ignore[arg-type]
             declared = _Limit(archive.stat().st_size, max_bytes, max_ratio)
             members = _validate(members, declared)
+            needed = _space_needed(members, target.parent, margin)
             written = _Limit(archive.stat().st_size, max_bytes, max_ratio)
             dir_modes: list[tuple[Path, int]] = []
             for m in sorted(members, key=lambda m: ("dir", "file", "hardlink", "symlink").index(m.kind)):
@@ -255,6 +295,8 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> No
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, UnicodeError, zlib.error, lzma.LZMAError) as exc:
             raise InstallError(f"{archive}: corrupt archive ({exc})") from None
         except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise _disk_full(target.parent, needed) from None
             raise InstallError(f"{archive}: cannot unpack into {target}: {exc}") from None
     real_root = os.path.realpath(target)
     for m in members:
@@ -264,11 +306,18 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> No
                 raise UnsafeArchive(m.name, f"symlink target {m.target!r} escapes the release directory")
     for path, mode in reversed(dir_modes):
         os.chmod(path, (mode & 0o777) | 0o700)
+    return needed
 
 
 def install_release(root: str | os.PathLike[str], version: str, archive: str | os.PathLike[str], *,
-                    max_bytes: int = DEFAULT_MAX_BYTES, max_ratio: float = DEFAULT_MAX_RATIO) -> Path:
-    """Unpack `archive` as `<root>/releases/<version>/` (idempotent) and return that directory."""
+                    max_bytes: int = DEFAULT_MAX_BYTES, max_ratio: float = DEFAULT_MAX_RATIO,
+                    free_space_margin: int = DEFAULT_FREE_SPACE_MARGIN) -> Path:
+    """Unpack `archive` as `<root>/releases/<version>/` (idempotent) and return that directory.
+
+    Refuses with `InsufficientSpace` when the unpacked size plus `free_space_margin` bytes is more
+    than the free space of `<root>/releases`, or when the disk fills up while unpacking anyway;
+    either way `current` and the other releases are untouched and no temporary directory is left.
+    """
     dest = release_dir(root, version)
     if (dest / COMPLETE_MARKER).is_file():
         return dest
@@ -276,11 +325,12 @@ def install_release(root: str | os.PathLike[str], version: str, archive: str | o
     if not archive.is_file():
         raise InstallError(f"archive {archive} does not exist")
     digest = archive.name if _DIGEST_RE.fullmatch(archive.name) else None  # a store path: sha256/<digest>
-    releases = dest.parent
-    releases.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
+    releases, needed = dest.parent, 0
+    tmp: Path | None = None
     try:
-        _unpack(archive, tmp, max_bytes, max_ratio)
+        releases.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
+        needed = _unpack(archive, tmp, max_bytes, max_ratio, free_space_margin)
         with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as fh:
             fh.write(f"{version}\n" + (f"sha256={digest}\n" if digest else ""))
             fh.flush()
@@ -296,8 +346,12 @@ def install_release(root: str | os.PathLike[str], version: str, archive: str | o
             raise
         _fsync_dir(releases)
         return dest
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(releases, needed) from None
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,15 +1,19 @@
-"""install.py: safe unpacking, idempotent installs, atomic `current` swaps, hooks, pruning."""
+"""install.py: safe unpacking, idempotent installs, atomic `current` swaps, hooks, pruning, disk space."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +374,85 @@ def test_markers_of_older_installs_still_read(tmp_path: Path) -> None:
     for version in ("1.0", "1.1"):
         assert I.is_complete(root, version) and I.release_digest(root, version) is None
     assert I.activate(root, "1.0") is None and sorted(I.list_releases(root)) == ["1.0", "1.1"]
+
+
+# ----------------------------------------------------------------------------- disk space
+
+def test_free_space_margin_is_checked_before_unpacking(tmp_path: Path) -> None:
+    root = installed(tmp_path, "1.0")
+    I.activate(root, "1.0")
+    archive = make_tar(tmp_path / "2.tgz", [("VERSION", "file", b"2.0")])
+    with pytest.raises(I.InsufficientSpace) as info:
+        I.install_release(root, "2.0", archive, free_space_margin=10**18)
+    message = str(info.value)
+    assert str(root / "releases") in message and f"{info.value.needed} bytes needed" in message
+    assert f"{info.value.free} bytes free" in message and "install.keep_releases" in message
+    assert info.value.needed > 10**18 > info.value.free
+    assert leftovers(root) == ["1.0"] and I.current_version(root) == "1.0"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (needs root); skipped with the reason when mounting fails."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                              check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs for the disk-full test: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs for the disk-full test (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, timeout=30)
+
+
+def test_full_disk_is_refused_before_writing(tmp_path: Path, tiny_fs: Path) -> None:
+    root = tiny_fs / "root"
+    I.install_release(root, "1.0", make_tar(tmp_path / "1.tgz", [("VERSION", "file", b"1.0")]), free_space_margin=0)
+    I.activate(root, "1.0")
+    used = shutil.disk_usage(tiny_fs).used
+    big = make_tar(tmp_path / "big.tgz", [("blob", "file", os.urandom(2 << 20))])  # 2 MiB on a 1 MiB disk
+    with pytest.raises(I.InsufficientSpace, match=r"too little free space to unpack a release: \d+ bytes needed"):
+        I.install_release(root, "2.0", big, free_space_margin=0)
+    # 300 one-byte files declare 300 bytes but take 300 blocks: the check counts blocks
+    many = make_tar(tmp_path / "many.tgz", [(f"f{i}", "file", b"x") for i in range(300)])
+    with pytest.raises(I.InsufficientSpace) as info:
+        I.install_release(root, "3.0", many, free_space_margin=0)
+    assert info.value.needed >= 300 * 4096 > info.value.free
+    assert shutil.disk_usage(tiny_fs).used == used  # refused before writing anything
+    assert leftovers(root) == ["1.0"] and I.current_version(root) == "1.0"
+
+
+def test_disk_filling_up_during_unpack_loses_nothing(tmp_path: Path, tiny_fs: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tiny_fs / "root"
+    I.install_release(root, "1.0", make_tar(tmp_path / "1.tgz", [("VERSION", "file", b"1.0")]), free_space_margin=0)
+    I.activate(root, "1.0")
+    archive = make_tar(tmp_path / "2.tgz", [("VERSION", "file", b"2.0"), ("blob", "file", os.urandom(600_000))])
+    filler = tiny_fs / "filler"
+    check = I._space_needed
+
+    def check_then_fill(*args: Any) -> int:  # another writer takes the space between check and write
+        needed = check(*args)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        return needed
+
+    monkeypatch.setattr(I, "_space_needed", check_then_fill)
+    with pytest.raises(I.InsufficientSpace, match="ran out of space while unpacking") as info:
+        I.install_release(root, "2.0", archive, free_space_margin=0)
+    assert info.value.directory == root / "releases" and info.value.needed > 600_000
+    assert leftovers(root) == ["1.0"]  # no temporary directory left
+    assert I.current_version(root) == "1.0" and (root / "current" / "VERSION").read_bytes() == b"1.0"
+    monkeypatch.undo()
+    filler.unlink()
+    assert I.install_release(root, "2.0", archive, free_space_margin=0).is_dir()  # space freed: it installs
