@@ -410,43 +410,103 @@ def list_releases(root: str | os.PathLike[str]) -> list[str]:
         return []
     found = []
     for entry in releases.iterdir():
-        marker = entry / COMPLETE_MARKER
-        if _VERSION_RE.fullmatch(entry.name) and marker.is_file():
-            found.append((marker.stat().st_mtime, entry.name))
+        if not _VERSION_RE.fullmatch(entry.name):
+            continue
+        try:
+            marker = os.stat(entry / COMPLETE_MARKER)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not complete, or removed meanwhile
+        if stat.S_ISREG(marker.st_mode):
+            found.append((marker.st_mtime, entry.name))
     return [name for _, name in sorted(found, reverse=True)]
 
 
-def prune(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """Remove complete releases beyond the `keep` newest, except `protect` and the current one.
+def prunable(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The complete releases beyond the `keep` newest installs (the current release counts among
+    them when it is one of those), except the current one and those in `protect`."""
+    spared = set(protect) | {v for v in [current_version(root)] if v}
+    return [v for v in list_releases(root)[max(keep, 0):] if v not in spared]
 
-    Also removes leftovers of interrupted installs/activations older than an hour.
-    Returns the removed versions.
-    """
-    keep_set = set(protect) | {v for v in [current_version(root)] if v}
-    removed = []
-    for version in list_releases(root)[max(keep, 0):]:
-        if version in keep_set:
-            continue
-        _discard_complete(release_dir(root, version), version)
-        removed.append(version)
-    now = time.time()
-    leftovers = list((Path(root) / "releases").glob(".tmp-*")) + list((Path(root) / "releases").glob(".del-*"))
-    for path in leftovers + list(Path(root).glob("current.tmp-*")):
+
+def leftovers(root: str | os.PathLike[str], *, now: float | None = None) -> list[Path]:
+    """Remains of interrupted installs, removals and activations: every `releases/.del-*`, and
+    `releases/.tmp-*` / `current.tmp-*` older than STALE_SECONDS (a younger one may be in use)."""
+    now = time.time() if now is None else now
+    releases, found = Path(root) / "releases", []
+    for path in [*releases.glob(".tmp-*"), *releases.glob(".del-*"), *Path(root).glob("current.tmp-*")]:
         try:
             if path.name.startswith(".del-") or now - path.lstat().st_mtime > STALE_SECONDS:
-                if path.is_symlink():
-                    path.unlink()
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
+                found.append(path)
         except FileNotFoundError:
             pass
-    return removed
+    return found
 
 
-def _discard_complete(path: Path, version: str) -> None:
+def remove_release(root: str | os.PathLike[str], version: str) -> int:
+    """Delete `releases/<version>` (never the one `current` points to); return the bytes freed.
+
+    It is renamed to `.del-*` first, so it stops being a release at once; if deleting fails half-way,
+    the rest is one of the `leftovers`. Call it from the thread that activates releases."""
+    path = release_dir(root, version)
+    if current_version(root) == version:
+        raise InstallError(f"{path} is the current release; activate another one before removing it")
     doomed = path.parent / f".del-{version}-{secrets.token_hex(4)}"
     os.rename(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        return remove_tree(doomed)
+    except FileNotFoundError:  # another pruner took it as a leftover meanwhile
+        return 0
+
+
+def remove_tree(path: str | os.PathLike[str]) -> int:
+    """Delete a file, symlink or directory tree; return the disk bytes it held (each inode once).
+
+    Raises FileNotFoundError when `path` does not exist; entries under it that vanish meanwhile are
+    skipped; the first other OSError is raised once the rest is gone."""
+    freed, seen, failures = 0, set(), []
+
+    def record(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            failures.append(exc)
+
+    def remove(name: str, is_dir: bool) -> None:
+        nonlocal freed
+        try:
+            st = os.lstat(name)
+            os.rmdir(name) if is_dir else os.unlink(name)
+        except OSError as exc:
+            return record(exc)
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            freed += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+
+    top = os.fspath(path)
+    is_dir = stat.S_ISDIR(os.lstat(top).st_mode)  # FileNotFoundError: it was gone already
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False, onerror=record) if is_dir else ():
+        for name in filenames:
+            remove(os.path.join(dirpath, name), False)
+        for name in dirnames:
+            remove(os.path.join(dirpath, name), not os.path.islink(os.path.join(dirpath, name)))
+    remove(top, is_dir)
+    if failures:
+        raise failures[0]
+    return freed
+
+
+def prune(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Remove the `prunable` releases and, best effort, the `leftovers`; return the removed versions.
+
+    `housekeeping.prune_host` does the same entry by entry, with the artifact store, and reports."""
+    removed = []
+    for version in prunable(root, keep, protect):
+        remove_release(root, version)
+        removed.append(version)
+    for path in leftovers(root):
+        try:
+            remove_tree(path)
+        except OSError:
+            pass
+    return removed
 
 
 # ----------------------------------------------------------------------------- hooks

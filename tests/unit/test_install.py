@@ -350,6 +350,40 @@ def test_prune_keeps_newest_protected_and_current(tmp_path: Path) -> None:
     assert I.prune(root, keep=2, protect={"3"}) == []
 
 
+def test_prunable_and_remove_release(tmp_path: Path) -> None:
+    root = installed(tmp_path, "1", "2", "3")
+    now = time.time()
+    for i, v in enumerate(["1", "2", "3"]):
+        os.utime(root / "releases" / v / I.COMPLETE_MARKER, (now - 60 + i, now - 60 + i))
+    I.activate(root, "1")
+    assert I.prunable(root, 1) == ["2"]  # 3 is the newest, 1 is current
+    assert I.prunable(root, 1, {"2"}) == []
+    with pytest.raises(I.InstallError, match="is the current release"):
+        I.remove_release(root, "1")
+    freed = I.remove_release(root, "2")
+    assert freed > 0 and leftovers(root) == ["1", "3"]
+    with pytest.raises(FileNotFoundError):
+        I.remove_release(root, "2")  # gone already: the caller decides whether that matters
+
+
+def test_remove_tree_counts_each_inode_once(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(os.urandom(10_000))
+    os.link(tree / "d" / "f", tree / "hard")
+    os.symlink("d", tree / "dirlink")
+    os.symlink("/etc", tree / "outside")
+    outside_before = sorted(os.listdir("/etc"))
+    expected = sum(os.lstat(p).st_blocks * 512 for p in [tree, tree / "d", tree / "d" / "f", tree / "dirlink",
+                                                         tree / "outside"])
+    assert I.remove_tree(tree) == expected and not tree.exists()
+    assert sorted(os.listdir("/etc")) == outside_before  # symlinks are removed, never followed
+    (tmp_path / "file").write_bytes(b"x" * 5000)
+    assert I.remove_tree(tmp_path / "file") >= 5000
+    with pytest.raises(FileNotFoundError):
+        I.remove_tree(tmp_path / "file")
+
+
 # ----------------------------------------------------------------------------- artifact digest
 
 def test_marker_records_the_store_digest(tmp_path: Path) -> None:
