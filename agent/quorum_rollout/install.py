@@ -3,7 +3,11 @@
 * `install_release` unpacks a tar (plain/gz/bz2/xz) or zip archive into a fresh temporary
   directory, refusing anything unsafe (`UnsafeArchive` names the member and the rule), writes
   the `.quorum-complete` marker there and renames the directory into place, so a release
-  directory either is complete or does not exist. Installing again is a no-op.
+  directory either is complete or does not exist. Installing again is a no-op. The marker holds
+  the version and, when the archive came from the artifact store (its file name is a sha256
+  digest), `sha256=<digest>`: `release_digest` reads it back so the store can be pruned.
+* Free space is checked before anything is unpacked (`InsufficientSpace`), and a disk that fills
+  up anyway fails the same way: the temporary directory is removed, nothing else is touched.
 * `activate` points `current` at a complete release by renaming a new symlink over it
   (`os.replace`): `current` is never missing, and it is the truth of what the host runs.
 * `run_hook` runs the configured stop/start/restart commands, each in its own process group.
@@ -13,6 +17,7 @@
 
 from __future__ import annotations
 
+import errno
 import lzma
 import os
 import posixpath
@@ -35,9 +40,12 @@ from typing import IO, Callable
 COMPLETE_MARKER = ".quorum-complete"
 DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_MAX_RATIO = 200
+DEFAULT_FREE_SPACE_MARGIN = 64 * 1024**2
 OUTPUT_TAIL = 4096
 STALE_SECONDS = 3600.0
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _CHUNK = 1 << 20
 
 
@@ -51,6 +59,17 @@ class UnsafeArchive(InstallError):
     def __init__(self, member: str, rule: str) -> None:
         super().__init__(f"unsafe archive member {member!r}: {rule}")
         self.member, self.rule = member, rule
+
+
+class InsufficientSpace(InstallError):
+    """The releases directory's filesystem has (or had, mid-unpack) too little free space."""
+
+    def __init__(self, directory: Path, needed: int, free: int, *, during_write: bool = False) -> None:
+        what = "ran out of space while unpacking" if during_write else "has too little free space to unpack"
+        super().__init__(f"{directory} {what} a release: {needed} bytes needed (content rounded to blocks + "
+                         f"margin), {free} bytes free; nothing was changed: free space there or lower "
+                         "install.keep_releases")
+        self.directory, self.needed, self.free = directory, needed, free
 
 
 class HookFailed(InstallError):
@@ -77,6 +96,17 @@ def release_dir(root: str | os.PathLike[str], version: str) -> Path:
 
 def is_complete(root: str | os.PathLike[str], version: str) -> bool:
     return (release_dir(root, version) / COMPLETE_MARKER).is_file()
+
+
+def release_digest(root: str | os.PathLike[str], version: str) -> str | None:
+    """The sha256 of the store artifact `version` was installed from, from its marker; None when the
+    release is not installed or its marker names none (installed from elsewhere, or by an older agent)."""
+    try:
+        lines = (release_dir(root, version) / COMPLETE_MARKER).read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    found = [line[7:] for line in lines[1:] if line.startswith("sha256=")]
+    return found[0] if found and _DIGEST_RE.fullmatch(found[0]) else None
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -212,7 +242,30 @@ def _write_file(m: _Member, dest: Path, limit: _Limit) -> None:
     os.chmod(dest, m.mode & 0o777)
 
 
-def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> None:
+def _space_needed(members: list[_Member], directory: Path, margin: int) -> int:
+    """Bytes the release takes on `directory`'s filesystem: each file's declared size rounded up to
+    the block size, a block per directory and symlink and one for the marker, plus `margin`.
+    Raises `InsufficientSpace` when that is more than is free."""
+    block = max(os.statvfs(directory).f_frsize, 1)
+    content = block + sum(-(-m.size // block) * block if m.kind == "file" else block * (m.kind != "hardlink")
+                          for m in members)
+    free = shutil.disk_usage(directory).free
+    if content + margin > free:
+        raise InsufficientSpace(directory, content + margin, free)
+    return content + margin
+
+
+def _disk_full(directory: Path, needed: int) -> InsufficientSpace:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = 0
+    return InsufficientSpace(directory, needed, free, during_write=True)
+
+
+def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float, margin: int) -> int:
+    """Unpack `archive` into `target`; return the bytes `_space_needed` counted."""
+    needed = 0
     with open(archive, "rb") as fh:
         is_zip = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
     try:
@@ -224,6 +277,7 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> No
             members = list(_zip_members(arc) if is_zip else _tar_members(arc))  # type: ignore[arg-type]
             declared = _Limit(archive.stat().st_size, max_bytes, max_ratio)
             members = _validate(members, declared)
+            needed = _space_needed(members, target.parent, margin)
             written = _Limit(archive.stat().st_size, max_bytes, max_ratio)
             dir_modes: list[tuple[Path, int]] = []
             for m in sorted(members, key=lambda m: ("dir", "file", "hardlink", "symlink").index(m.kind)):
@@ -241,6 +295,8 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> No
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, UnicodeError, zlib.error, lzma.LZMAError) as exc:
             raise InstallError(f"{archive}: corrupt archive ({exc})") from None
         except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise _disk_full(target.parent, needed) from None
             raise InstallError(f"{archive}: cannot unpack into {target}: {exc}") from None
     real_root = os.path.realpath(target)
     for m in members:
@@ -250,25 +306,33 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_ratio: float) -> No
                 raise UnsafeArchive(m.name, f"symlink target {m.target!r} escapes the release directory")
     for path, mode in reversed(dir_modes):
         os.chmod(path, (mode & 0o777) | 0o700)
+    return needed
 
 
 def install_release(root: str | os.PathLike[str], version: str, archive: str | os.PathLike[str], *,
-                    max_bytes: int = DEFAULT_MAX_BYTES, max_ratio: float = DEFAULT_MAX_RATIO) -> Path:
-    """Unpack `archive` as `<root>/releases/<version>/` (idempotent) and return that directory."""
+                    max_bytes: int = DEFAULT_MAX_BYTES, max_ratio: float = DEFAULT_MAX_RATIO,
+                    free_space_margin: int = DEFAULT_FREE_SPACE_MARGIN) -> Path:
+    """Unpack `archive` as `<root>/releases/<version>/` (idempotent) and return that directory.
+
+    Refuses with `InsufficientSpace` when the unpacked size plus `free_space_margin` bytes is more
+    than the free space of `<root>/releases`, or when the disk fills up while unpacking anyway;
+    either way `current` and the other releases are untouched and no temporary directory is left.
+    """
     dest = release_dir(root, version)
     if (dest / COMPLETE_MARKER).is_file():
         return dest
     archive = Path(archive)
     if not archive.is_file():
         raise InstallError(f"archive {archive} does not exist")
-    releases = dest.parent
-    releases.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
+    digest = archive.name if _DIGEST_RE.fullmatch(archive.name) else None  # a store path: sha256/<digest>
+    releases, needed = dest.parent, 0
+    tmp: Path | None = None
     try:
-        _unpack(archive, tmp, max_bytes, max_ratio)
-        marker = tmp / COMPLETE_MARKER
-        with open(marker, "w", encoding="utf-8") as fh:
-            fh.write(f"{version}\n")
+        releases.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
+        needed = _unpack(archive, tmp, max_bytes, max_ratio, free_space_margin)
+        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as fh:
+            fh.write(f"{version}\n" + (f"sha256={digest}\n" if digest else ""))
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
@@ -282,8 +346,12 @@ def install_release(root: str | os.PathLike[str], version: str, archive: str | o
             raise
         _fsync_dir(releases)
         return dest
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(releases, needed) from None
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -342,43 +410,103 @@ def list_releases(root: str | os.PathLike[str]) -> list[str]:
         return []
     found = []
     for entry in releases.iterdir():
-        marker = entry / COMPLETE_MARKER
-        if _VERSION_RE.fullmatch(entry.name) and marker.is_file():
-            found.append((marker.stat().st_mtime, entry.name))
+        if not _VERSION_RE.fullmatch(entry.name):
+            continue
+        try:
+            marker = os.stat(entry / COMPLETE_MARKER)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not complete, or removed meanwhile
+        if stat.S_ISREG(marker.st_mode):
+            found.append((marker.st_mtime, entry.name))
     return [name for _, name in sorted(found, reverse=True)]
 
 
-def prune(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """Remove complete releases beyond the `keep` newest, except `protect` and the current one.
+def prunable(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The complete releases beyond the `keep` newest installs (the current release counts among
+    them when it is one of those), except the current one and those in `protect`."""
+    spared = set(protect) | {v for v in [current_version(root)] if v}
+    return [v for v in list_releases(root)[max(keep, 0):] if v not in spared]
 
-    Also removes leftovers of interrupted installs/activations older than an hour.
-    Returns the removed versions.
-    """
-    keep_set = set(protect) | {v for v in [current_version(root)] if v}
-    removed = []
-    for version in list_releases(root)[max(keep, 0):]:
-        if version in keep_set:
-            continue
-        _discard_complete(release_dir(root, version), version)
-        removed.append(version)
-    now = time.time()
-    leftovers = list((Path(root) / "releases").glob(".tmp-*")) + list((Path(root) / "releases").glob(".del-*"))
-    for path in leftovers + list(Path(root).glob("current.tmp-*")):
+
+def leftovers(root: str | os.PathLike[str], *, now: float | None = None) -> list[Path]:
+    """Remains of interrupted installs, removals and activations: every `releases/.del-*`, and
+    `releases/.tmp-*` / `current.tmp-*` older than STALE_SECONDS (a younger one may be in use)."""
+    now = time.time() if now is None else now
+    releases, found = Path(root) / "releases", []
+    for path in [*releases.glob(".tmp-*"), *releases.glob(".del-*"), *Path(root).glob("current.tmp-*")]:
         try:
             if path.name.startswith(".del-") or now - path.lstat().st_mtime > STALE_SECONDS:
-                if path.is_symlink():
-                    path.unlink()
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
+                found.append(path)
         except FileNotFoundError:
             pass
-    return removed
+    return found
 
 
-def _discard_complete(path: Path, version: str) -> None:
+def remove_release(root: str | os.PathLike[str], version: str) -> int:
+    """Delete `releases/<version>` (never the one `current` points to); return the bytes freed.
+
+    It is renamed to `.del-*` first, so it stops being a release at once; if deleting fails half-way,
+    the rest is one of the `leftovers`. Call it from the thread that activates releases."""
+    path = release_dir(root, version)
+    if current_version(root) == version:
+        raise InstallError(f"{path} is the current release; activate another one before removing it")
     doomed = path.parent / f".del-{version}-{secrets.token_hex(4)}"
     os.rename(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        return remove_tree(doomed)
+    except FileNotFoundError:  # another pruner took it as a leftover meanwhile
+        return 0
+
+
+def remove_tree(path: str | os.PathLike[str]) -> int:
+    """Delete a file, symlink or directory tree; return the disk bytes it held (each inode once).
+
+    Raises FileNotFoundError when `path` does not exist; entries under it that vanish meanwhile are
+    skipped; the first other OSError is raised once the rest is gone."""
+    freed, seen, failures = 0, set(), []
+
+    def record(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            failures.append(exc)
+
+    def remove(name: str, is_dir: bool) -> None:
+        nonlocal freed
+        try:
+            st = os.lstat(name)
+            os.rmdir(name) if is_dir else os.unlink(name)
+        except OSError as exc:
+            return record(exc)
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            freed += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+
+    top = os.fspath(path)
+    is_dir = stat.S_ISDIR(os.lstat(top).st_mode)  # FileNotFoundError: it was gone already
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False, onerror=record) if is_dir else ():
+        for name in filenames:
+            remove(os.path.join(dirpath, name), False)
+        for name in dirnames:
+            remove(os.path.join(dirpath, name), not os.path.islink(os.path.join(dirpath, name)))
+    remove(top, is_dir)
+    if failures:
+        raise failures[0]
+    return freed
+
+
+def prune(root: str | os.PathLike[str], keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Remove the `prunable` releases and, best effort, the `leftovers`; return the removed versions.
+
+    `housekeeping.prune_host` does the same entry by entry, with the artifact store, and reports."""
+    removed = []
+    for version in prunable(root, keep, protect):
+        remove_release(root, version)
+        removed.append(version)
+    for path in leftovers(root):
+        try:
+            remove_tree(path)
+        except OSError:
+            pass
+    return removed
 
 
 # ----------------------------------------------------------------------------- hooks

@@ -1,14 +1,19 @@
-"""install.py: safe unpacking, idempotent installs, atomic `current` swaps, hooks, pruning."""
+"""install.py: safe unpacking, idempotent installs, atomic `current` swaps, hooks, pruning, disk space."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +348,145 @@ def test_prune_keeps_newest_protected_and_current(tmp_path: Path) -> None:
     assert I.list_releases(root) == ["6", "5", "3", "2"]
     assert not stale.exists() and fresh.exists()
     assert I.prune(root, keep=2, protect={"3"}) == []
+
+
+def test_prunable_and_remove_release(tmp_path: Path) -> None:
+    root = installed(tmp_path, "1", "2", "3")
+    now = time.time()
+    for i, v in enumerate(["1", "2", "3"]):
+        os.utime(root / "releases" / v / I.COMPLETE_MARKER, (now - 60 + i, now - 60 + i))
+    I.activate(root, "1")
+    assert I.prunable(root, 1) == ["2"]  # 3 is the newest, 1 is current
+    assert I.prunable(root, 1, {"2"}) == []
+    with pytest.raises(I.InstallError, match="is the current release"):
+        I.remove_release(root, "1")
+    freed = I.remove_release(root, "2")
+    assert freed > 0 and leftovers(root) == ["1", "3"]
+    with pytest.raises(FileNotFoundError):
+        I.remove_release(root, "2")  # gone already: the caller decides whether that matters
+
+
+def test_remove_tree_counts_each_inode_once(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(os.urandom(10_000))
+    os.link(tree / "d" / "f", tree / "hard")
+    os.symlink("d", tree / "dirlink")
+    os.symlink("/etc", tree / "outside")
+    outside_before = sorted(os.listdir("/etc"))
+    expected = sum(os.lstat(p).st_blocks * 512 for p in [tree, tree / "d", tree / "d" / "f", tree / "dirlink",
+                                                         tree / "outside"])
+    assert I.remove_tree(tree) == expected and not tree.exists()
+    assert sorted(os.listdir("/etc")) == outside_before  # symlinks are removed, never followed
+    (tmp_path / "file").write_bytes(b"x" * 5000)
+    assert I.remove_tree(tmp_path / "file") >= 5000
+    with pytest.raises(FileNotFoundError):
+        I.remove_tree(tmp_path / "file")
+
+
+# ----------------------------------------------------------------------------- artifact digest
+
+def test_marker_records_the_store_digest(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "a.tgz", [("VERSION", "file", b"2.0")])
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    stored = tmp_path / "store" / "sha256" / digest
+    stored.parent.mkdir(parents=True)
+    os.replace(archive, stored)
+    root = tmp_path / "root"
+    dest = I.install_release(root, "2.0", stored)
+    assert (dest / I.COMPLETE_MARKER).read_text().splitlines() == ["2.0", f"sha256={digest}"]
+    assert I.release_digest(root, "2.0") == digest
+    I.install_release(root, "3.0", make_tar(tmp_path / "b.tgz", [("VERSION", "file", b"3.0")]))
+    assert I.release_digest(root, "3.0") is None  # not a store path: no digest recorded
+    assert I.release_digest(root, "9.9") is None  # not installed
+
+
+def test_markers_of_older_installs_still_read(tmp_path: Path) -> None:
+    root = installed(tmp_path, "1.0", "1.1")
+    (root / "releases" / "1.0" / I.COMPLETE_MARKER).write_text("1.0\n")  # written by an older agent
+    (root / "releases" / "1.1" / I.COMPLETE_MARKER).write_text("")  # laid out by hand (roles/demo_app)
+    for version in ("1.0", "1.1"):
+        assert I.is_complete(root, version) and I.release_digest(root, version) is None
+    assert I.activate(root, "1.0") is None and sorted(I.list_releases(root)) == ["1.0", "1.1"]
+
+
+# ----------------------------------------------------------------------------- disk space
+
+def test_free_space_margin_is_checked_before_unpacking(tmp_path: Path) -> None:
+    root = installed(tmp_path, "1.0")
+    I.activate(root, "1.0")
+    archive = make_tar(tmp_path / "2.tgz", [("VERSION", "file", b"2.0")])
+    with pytest.raises(I.InsufficientSpace) as info:
+        I.install_release(root, "2.0", archive, free_space_margin=10**18)
+    message = str(info.value)
+    assert str(root / "releases") in message and f"{info.value.needed} bytes needed" in message
+    assert f"{info.value.free} bytes free" in message and "install.keep_releases" in message
+    assert info.value.needed > 10**18 > info.value.free
+    assert leftovers(root) == ["1.0"] and I.current_version(root) == "1.0"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (needs root); skipped with the reason when mounting fails."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                              check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs for the disk-full test: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs for the disk-full test (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, timeout=30)
+
+
+def test_full_disk_is_refused_before_writing(tmp_path: Path, tiny_fs: Path) -> None:
+    root = tiny_fs / "root"
+    I.install_release(root, "1.0", make_tar(tmp_path / "1.tgz", [("VERSION", "file", b"1.0")]), free_space_margin=0)
+    I.activate(root, "1.0")
+    used = shutil.disk_usage(tiny_fs).used
+    big = make_tar(tmp_path / "big.tgz", [("blob", "file", os.urandom(2 << 20))])  # 2 MiB on a 1 MiB disk
+    with pytest.raises(I.InsufficientSpace, match=r"too little free space to unpack a release: \d+ bytes needed"):
+        I.install_release(root, "2.0", big, free_space_margin=0)
+    # 300 one-byte files declare 300 bytes but take 300 blocks: the check counts blocks
+    many = make_tar(tmp_path / "many.tgz", [(f"f{i}", "file", b"x") for i in range(300)])
+    with pytest.raises(I.InsufficientSpace) as info:
+        I.install_release(root, "3.0", many, free_space_margin=0)
+    assert info.value.needed >= 300 * 4096 > info.value.free
+    assert shutil.disk_usage(tiny_fs).used == used  # refused before writing anything
+    assert leftovers(root) == ["1.0"] and I.current_version(root) == "1.0"
+
+
+def test_disk_filling_up_during_unpack_loses_nothing(tmp_path: Path, tiny_fs: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tiny_fs / "root"
+    I.install_release(root, "1.0", make_tar(tmp_path / "1.tgz", [("VERSION", "file", b"1.0")]), free_space_margin=0)
+    I.activate(root, "1.0")
+    archive = make_tar(tmp_path / "2.tgz", [("VERSION", "file", b"2.0"), ("blob", "file", os.urandom(600_000))])
+    filler = tiny_fs / "filler"
+    check = I._space_needed
+
+    def check_then_fill(*args: Any) -> int:  # another writer takes the space between check and write
+        needed = check(*args)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        return needed
+
+    monkeypatch.setattr(I, "_space_needed", check_then_fill)
+    with pytest.raises(I.InsufficientSpace, match="ran out of space while unpacking") as info:
+        I.install_release(root, "2.0", archive, free_space_margin=0)
+    assert info.value.directory == root / "releases" and info.value.needed > 600_000
+    assert leftovers(root) == ["1.0"]  # no temporary directory left
+    assert I.current_version(root) == "1.0" and (root / "current" / "VERSION").read_bytes() == b"1.0"
+    monkeypatch.undo()
+    filler.unlink()
+    assert I.install_release(root, "2.0", archive, free_space_margin=0).is_dir()  # space freed: it installs
