@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,10 +14,15 @@ from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode
 from .log import event, get_logger
+from .operations import Operations
 from .registry import Registry
+from .sources import Sources
 from .worker import Worker
 
 log = get_logger("quorum_rollout.agent")
+# A start is refused unless a mirror serves a valid manifest within this time: below the 10 s
+# default timeout of the modules and the CLI, so they hear the refusal rather than time out.
+MANIFEST_CHECK_SECONDS = 8.0
 
 
 def trust_policy(cfg: AgentConfig) -> signing.TrustPolicy:
@@ -44,10 +51,14 @@ class Agent:
         self.reporter = RegistryReporter(Registry(cfg.registry), cfg.group)
         self.node = GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
                               peers=[p.address for p in cfg.raft.peers], secret=self.secret,
-                              data_dir=str(data / "raft"), on_change=self._wake_all)
+                              data_dir=str(data / "raft"), on_change=self._wake_all,
+                              compaction_entries=cfg.raft.compaction_entries)
         self._events = [threading.Event(), threading.Event()]
-        self.coordinator = Coordinator(self.node, cfg, self.store, self.policy, self.reporter, self.secret)
-        self.worker = Worker(self.node, cfg, self.store, self.policy, self.secret)
+        self.sources = Sources(cfg, self.store, self.policy, self.secret)
+        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter)
+        self.worker = Worker(self.node, cfg, self.sources)
+        self.operations = Operations(self.node, group=cfg.group)
+        self.operations.start()
         self.server = api.serve(self)
         for name, step, wake in (("coordinator", self.coordinator.step, self._events[0]),
                                  ("worker", self.worker.step, self._events[1])):
@@ -83,11 +94,18 @@ class Agent:
     def members(self) -> list[str]:
         return sorted([self.cfg.node_id] + [p.id for p in self.cfg.raft.peers])
 
-    def start_release(self, version: str, allow_downgrade: bool) -> dict[str, str]:
-        return self.node.propose("start", timeout=5.0, version=version, members=self.members(),
-                                 batch_fraction=self.cfg.rollout.batch_fraction,
-                                 canary=self.cfg.rollout.canary, allow_downgrade=allow_downgrade,
-                                 running_version=self.running_version())
+    def start_args(self, version: str, *, allow_downgrade: bool, allow_unreachable: bool) -> dict[str, Any]:
+        """The arguments of a `start` command proposed by this node."""
+        return {"version": version, "members": self.members(), "batch_fraction": self.cfg.rollout.batch_fraction,
+                "canary": self.cfg.rollout.canary, "allow_downgrade": allow_downgrade,
+                "allow_unreachable": allow_unreachable, "running_version": self.running_version()}
+
+    def check_manifest(self, version: str, allow_downgrade: bool) -> None:
+        """Raise (NotPublished, TrustError, ArtifactError) unless a mirror serves a valid signed
+        manifest of `version` for this group: a release that cannot be fetched is never started."""
+        artifacts.fetch_manifest(self.cfg.artifacts, version, self.policy, now=time.time(), group=self.cfg.group,
+                                 highest_version=self.node.state["highest_version"], allow_downgrade=allow_downgrade,
+                                 log=log, deadline=time.monotonic() + MANIFEST_CHECK_SECONDS)
 
     def running_version(self) -> str | None:
         return install.current_version(Path(self.cfg.install.root))
@@ -101,6 +119,7 @@ class Agent:
         self.server.server_close()
         for thread in self._loops:
             thread.join(timeout=10)
+        self.operations.stop()
         self.node.stop()
         self.reporter.stop()
         event(log, "agent_stopped", group=self.cfg.group, node=self.cfg.node_id)
@@ -116,6 +135,9 @@ def run(cfg: AgentConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Everything the agent writes is private: the Raft journal, snapshot and meta files are pickles
+    # pysyncobj creates with the process umask (PYSYNCOBJ.md rule 2). Hooks run with 022.
+    os.umask(0o077)
     agent = Agent(cfg)
     try:
         while not done.wait(1.0):

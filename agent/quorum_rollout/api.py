@@ -11,12 +11,14 @@ import hmac
 import json
 import re
 import ssl
+import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from . import artifacts, fsm
+from . import artifacts, fsm, signing
 from .group import ProposalError
 from .log import event, get_logger
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 log = get_logger("quorum_rollout.api")
 MAX_BODY = 64 * 1024
+IDLE_TIMEOUT = 30.0     # seconds a connection may stay idle (or a request trickle in) before it is closed
+PROPOSE_TIMEOUT = 5.0   # seconds a request waits for its command to commit before answering 202
+_OP_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 _ACTIONS = {"pause", "resume", "abort", "retry"}
 _PEER_PATH = re.compile(r"^/v1/peer/artifacts/sha256/([0-9a-f]{64})$")
 _OUTCOME_STATUS = {"accepted": 201, "noop": 200, "duplicate": 200, "conflict": 409, "invalid": 400}
@@ -71,13 +76,30 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "ready": raft["ready"],
             "has_quorum": raft["has_quorum"],
             "commit_index": raft["commit_index"],
+            "log_entries": raft["log_entries"],
             "running_version": agent.running_version(),
             "drift": drift(agent),
             "mirrors": artifacts.known_order(agent.cfg.artifacts.mirrors),
             "registry": {k: agent.reporter.status[k] for k in ("ok", "error")},
         },
+        "members": members_document(agent),
         "state": node.state,
     }
+
+
+def members_document(agent: Agent) -> list[dict[str, Any]]:
+    """Every member with its liveness: `reachable` from the committed state (the leader reports
+    members it has not heard from for rollout.member_timeout), `unreachable_since` the wall time
+    of the last contact it reported, `last_contact_seconds` the leader's own live view (null on
+    followers)."""
+    unreachable = agent.node.state.get("unreachable", {})
+    ages = agent.coordinator.contact_ages()
+    leader_id = agent.cfg.node_id if ages else None
+    members = [(agent.cfg.node_id, agent.cfg.raft.address)] + [(p.id, p.address) for p in agent.cfg.raft.peers]
+    return [{"id": member, "address": address, "reachable": member not in unreachable,
+             "unreachable_since": unreachable.get(member),
+             "last_contact_seconds": 0.0 if member == leader_id else ages.get(member)}
+            for member, address in sorted(members)]
 
 
 def metrics_text(agent: Agent) -> str:
@@ -100,7 +122,7 @@ def metrics_text(agent: Agent) -> str:
     lines += [
         "# HELP quorum_rollout_release_batch 1-based batch index being rolled (0 before rolling).",
         "# TYPE quorum_rollout_release_batch gauge",
-        f"quorum_rollout_release_batch{{{labels}}} {(release.get('batch') or -1) + 1 if release else 0}",
+        f"quorum_rollout_release_batch{{{labels}}} {release['batch'] + 1 if release.get('batch') is not None else 0}",
         "# HELP quorum_rollout_commands_rejected Commands the state machine rejected (bounded window).",
         "# TYPE quorum_rollout_commands_rejected gauge",
         f"quorum_rollout_commands_rejected{{{labels}}} {len(state['rejected'])}",
@@ -118,6 +140,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "quorum-rollout"
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are separate writes: avoid a 40 ms delayed-ACK stall
+    timeout = IDLE_TIMEOUT  # an idle or slow client's connection is closed after this many seconds
     agent: Agent  # set on the subclass made by serve()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -134,8 +157,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, exc: ApiError) -> None:
-        if exc.status == 401:
-            self.close_connection = True
+        if exc.status in (400, 401, 413):
+            self.close_connection = True  # the rest of what the client sent cannot be trusted to frame
         self._send(exc.status, {"error": exc.error, "detail": exc.detail})
 
     def _auth(self) -> None:
@@ -147,20 +170,38 @@ class Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(token.strip().encode(), self.agent.token.encode()):
             raise ApiError(401, "bad API token", hint="use the token from the agent's api.token_file")
 
-    def _body(self) -> dict[str, Any]:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise ApiError(400, "bad Content-Length header", field="Content-Length") from None
+    def _body(self, allowed: tuple[str, ...]) -> dict[str, Any]:
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is not None and not raw_length.strip().isdigit():
+            raise ApiError(400, "bad Content-Length header: must be a non-negative integer", field="Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError(400, "chunked request bodies are not supported; send Content-Length",
+                           field="Transfer-Encoding")
+        length = int(raw_length or 0)
         if length > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b"{}"
+        if len(raw) < length:
+            raise ApiError(400, f"request body ended after {len(raw)} of {length} bytes", field="body")
         try:
             body = json.loads(raw or b"{}")
         except ValueError as exc:
             raise ApiError(400, f"request body is not JSON: {exc}", field="body") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object", field="body")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {unknown}; allowed: {', '.join(allowed) or 'none'}",
+                           field=unknown[0])
+        for name in ("allow_downgrade", "allow_unreachable"):
+            if not isinstance(body.get(name, False), bool):
+                raise ApiError(400, f"{name} must be true or false", field=name)
+        op_id = body.get("operation_id")
+        if op_id is not None and not (isinstance(op_id, str) and _OP_ID.fullmatch(op_id)):
+            raise ApiError(400, "operation_id must be 8-64 characters from A-Z a-z 0-9 . _ : -", field="operation_id")
+        for name in ("release", "reason"):
+            if body.get(name) is not None and not (isinstance(body[name], str) and len(body[name]) <= 200):
+                raise ApiError(400, f"{name} must be a string of at most 200 characters", field=name)
         return body
 
     def _dispatch(self, method: str) -> None:
@@ -180,13 +221,14 @@ class Handler(BaseHTTPRequestHandler):
             m = re.match(r"^/v1/releases/current/([a-z]+)$", path)
             if method == "POST" and m:
                 return self._action(m.group(1))
+            m = re.match(r"^/v1/operations/([^/]+)$", path)
+            if method == "GET" and m:
+                return self._operation(m.group(1))
             raise ApiError(404, f"no such endpoint: {method} {path}")
         except ApiError as exc:
             self._error(exc)
-        except ProposalError as exc:
-            self._error(ApiError(503, "the group could not commit the command; retry", cause=str(exc)))
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            self.close_connection = True
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -206,39 +248,74 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, metrics_text(self.agent), "text/plain; version=0.0.4")
 
     def _start(self) -> None:
-        body = self._body()
-        unknown = set(body) - {"version", "allow_downgrade"}
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {sorted(unknown)}; allowed: version, allow_downgrade",
-                           field=sorted(unknown)[0])
+        body = self._body(("version", "allow_downgrade", "allow_unreachable", "operation_id"))
         version = body.get("version")
         if not fsm.valid_version(version):
             raise ApiError(400, "version must be a version string such as '2.4' "
                            "(letters, digits, '.', '_', '+', '-'; at most 64)", field="version")
-        if not isinstance(body.get("allow_downgrade", False), bool):
-            raise ApiError(400, "allow_downgrade must be true or false", field="allow_downgrade")
-        result = self.agent.start_release(version, bool(body.get("allow_downgrade", False)))
-        self._outcome(result)
+        allow_downgrade = body.get("allow_downgrade", False)
+        args = self.agent.start_args(version, allow_downgrade=allow_downgrade,
+                                     allow_unreachable=body.get("allow_unreachable", False))
+        if self.agent.node.preview("start", **args).code == "accepted":
+            self._check_published(version, allow_downgrade)
+        self._submit("start", body.get("operation_id"), created=True, **args)
+
+    def _check_published(self, version: str, allow_downgrade: bool) -> None:
+        """Refuse before anything is committed when no mirror serves a valid signed manifest of
+        `version` (asked only for a start the state machine would accept: a no-op or a refusal
+        is answered by the state machine itself)."""
+        try:
+            self.agent.check_manifest(version, allow_downgrade)
+        except artifacts.NotPublished as exc:
+            raise ApiError(409, str(exc), reason="not_published", version=version) from None
+        except signing.TrustError as exc:
+            raise ApiError(409, f"refused {version}: {exc}", reason="untrusted", version=version) from None
+        except artifacts.ArtifactError as exc:
+            raise ApiError(503, f"no mirror served a usable manifest of {version}; nothing was started: {exc}",
+                           reason="mirrors_unavailable", version=version) from None
 
     def _action(self, action: str) -> None:
         if action not in _ACTIONS:
             raise ApiError(404, f"unknown action {action!r}; use one of {sorted(_ACTIONS)}")
-        self._body()  # reject malformed bodies even though no field is needed
+        body = self._body(("release", "operation_id") + (("reason",) if action == "abort" else ()))
         if self.agent.node.state["release"] is None:
             raise ApiError(404, "the group has no release yet")
-        self._outcome(self.agent.node.propose(action, timeout=5.0), created=False)
+        args = {k: body[k] for k in ("release", "reason") if body.get(k) is not None}
+        self._submit(action, body.get("operation_id"), created=False, **args)
 
-    def _outcome(self, result: dict[str, str], created: bool = True) -> None:
-        """201 for a new release, 200 for an accepted action or a no-op, 4xx for a refusal."""
+    def _submit(self, op: str, op_id: str | None, *, created: bool, **args: Any) -> None:
+        """Propose and answer with the outcome; 202 with the operation id when the outcome is not
+        known yet (timeout, leader change): the command may still commit, so the client asks
+        GET /v1/operations/<id> (or resends with the same operation_id, which is idempotent)."""
+        op_id = op_id or uuid.uuid4().hex
+        operations = self.agent.operations
+        try:
+            result = operations.submit(op, op_id, args, timeout=PROPOSE_TIMEOUT)
+        except ProposalError as exc:
+            if exc.definitive:
+                raise ApiError(503, f"the group did not take the command: {exc}; nothing changed, retry",
+                               operation_id=op_id) from None
+            self._send(202, {"operation": operations.document(op_id), "changed": None,
+                             "reason": f"not committed within {PROPOSE_TIMEOUT:g}s ({exc}); this node keeps "
+                                       f"proposing it until it commits: follow GET /v1/operations/{op_id}",
+                             "release": self.agent.node.state["release"]})
+            return
         release = self.agent.node.state["release"]
         status = _OUTCOME_STATUS.get(result["code"], 500)
         if status == 201 and not created:
             status = 200
         if status >= 400:
             raise ApiError(status, result["reason"], state=release and release["state"],
-                           version=release and release["version"])
+                           version=release and release["version"], operation_id=op_id)
         self._send(status, {"changed": result["code"] == "accepted", "reason": result["reason"],
-                            "release": release})
+                            "operation": operations.document(op_id), "release": release})
+
+    def _operation(self, op_id: str) -> None:
+        doc = self.agent.operations.document(op_id)
+        if doc["status"] == "unknown":
+            raise ApiError(404, f"operation {op_id!r} is unknown here: never submitted to this node, or older "
+                           f"than the last {fsm.APPLIED_LIMIT} commands the group remembers", operation_id=op_id)
+        self._send(200, doc)
 
     def _peer_artifact(self, digest: str) -> None:
         """Serve a verified artifact of the current release to a group member (MAC-authenticated)."""
@@ -272,15 +349,64 @@ class Handler(BaseHTTPRequestHandler):
             agent.uploads.release()
 
 
-def serve(agent: Agent) -> ThreadingHTTPServer:
+class AgentServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them: one more is closed at once
+    (and logged), so a flood of idle connections cannot grow the agent without bound. The TLS
+    handshake runs in the connection's own thread with the idle timeout, never in the accept loop."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[Handler], *, max_connections: int,
+                 tls: ssl.SSLContext | None, group: str, node: str) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._tls, self._fields = tls, {"group": group, "node": node}
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            event(log, "api_connection_refused", level="warning", client=client_address[0],
+                  cause="too many open API connections (api.max_connections)", **self._fields)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if self._tls is not None:
+                request.settimeout(IDLE_TIMEOUT)
+                try:
+                    request = self._tls.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    event(log, "api_tls_failed", level="warning", client=client_address[0], cause=repr(exc),
+                          **self._fields)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One JSON line per broken connection (client reset, timeout), never a traceback on stderr."""
+        exc = sys.exc_info()[1]
+        benign = isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError))
+        event(log, "api_connection_error", level="info" if benign else "error", client=client_address[0],
+              cause=repr(exc), exc_info=not benign, **self._fields)
+
+
+def serve(agent: Agent) -> AgentServer:
     """Start the API server in a daemon thread and return it (stop with shutdown())."""
     handler = type("BoundHandler", (Handler,), {"agent": agent})
-    server = ThreadingHTTPServer((agent.cfg.api.bind, agent.cfg.api.port), handler)
-    server.daemon_threads = True
+    tls = None
     if agent.cfg.api.tls_cert:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(agent.cfg.api.tls_cert, agent.cfg.api.tls_key)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(agent.cfg.api.tls_cert, agent.cfg.api.tls_key)
+    server = AgentServer((agent.cfg.api.bind, agent.cfg.api.port), handler,
+                         max_connections=agent.cfg.api.max_connections, tls=tls, group=agent.cfg.group,
+                         node=agent.cfg.node_id)
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     return server
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +102,52 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 2
 
 
+def _submit(args: argparse.Namespace, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """POST a command with its own operation id; when the agent answers 202 (not committed yet),
+    follow GET /v1/operations/<id> until it is committed or rejected (or --timeout passes).
+    Returns (answer, outcome) with outcome "committed", "rejected" or "pending"."""
+    body = {**body, "operation_id": uuid.uuid4().hex}
+    doc = _call(args, "POST", path, body)
+    if doc.get("changed") is not None:
+        return doc, "committed"
+    op_id = doc["operation"]["id"]
+    deadline = time.monotonic() + max(args.timeout, 30.0)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        op = _call(args, "GET", f"/v1/operations/{op_id}")
+        if op["status"] in ("committed", "rejected"):
+            return {**doc, "operation": op, "release": _call(args, "GET", "/v1/status")["state"]["release"]}, \
+                op["status"]
+    return doc, "pending"
+
+
+def _outcome_line(what: str, doc: dict[str, Any], outcome: str) -> str:
+    """'started: release 2.4' / 'unchanged: group already runs 2.4' / 'pending: ...' / 'refused: ...'."""
+    if outcome == "pending":
+        return (f"pending: {what} is not committed yet and may still commit (operation {doc['operation']['id']}); "
+                "check with `quorum-rollout status` before sending it again")
+    if outcome == "rejected":
+        return f"refused: {what}: {doc['operation'].get('reason')}"
+    if doc.get("changed") is False:
+        return f"unchanged: {doc['reason']}"
+    return f"{'started' if what.startswith('release') else 'done'}: {what}"
+
+
 def cmd_release(args: argparse.Namespace) -> int:
-    doc = _call(args, "POST", "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade})
-    print(json.dumps(doc, indent=2) if args.json else
-          f"{'started' if doc['changed'] else 'unchanged'}: {doc['reason'] or doc['release']['id']}")
-    return 0
+    doc, outcome = _submit(args, "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade,
+                                                   "allow_unreachable": args.allow_unreachable})
+    print(json.dumps(doc, indent=2) if args.json else _outcome_line(f"release {args.version}", doc, outcome))
+    return {"committed": 0, "rejected": 1}.get(outcome, 3)
 
 
 def cmd_action(args: argparse.Namespace) -> int:
-    doc = _call(args, "POST", f"/v1/releases/current/{args.action}")
-    print(json.dumps(doc, indent=2) if args.json else f"{args.action}: {'done' if doc['changed'] else doc['reason']}")
-    return 0
+    release = _call(args, "GET", "/v1/status")["state"]["release"]
+    if release is None:
+        raise SystemExit("error: the group has no release yet")
+    # Name the release we mean: if another one started since we looked, the agent refuses (409).
+    doc, outcome = _submit(args, f"/v1/releases/current/{args.action}", {"release": release["id"]})
+    print(json.dumps(doc, indent=2) if args.json else _outcome_line(f"{args.action} {release['id']}", doc, outcome))
+    return {"committed": 0, "rejected": 1}.get(outcome, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +318,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("release", help="start a release of VERSION in the group")
     p.add_argument("version")
-    p.add_argument("--allow-downgrade", action="store_true")
+    p.add_argument("--allow-downgrade", action="store_true", help="go back to a lower version on purpose")
+    p.add_argument("--allow-unreachable", action="store_true",
+                   help="release to the reachable members only (the leader has not heard from the others)")
     _api_args(p)
     p.set_defaults(func=cmd_release)
 

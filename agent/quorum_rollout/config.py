@@ -60,6 +60,7 @@ class RaftConfig:
     address: str
     secret_file: str
     peers: tuple[Peer, ...] = ()
+    compaction_entries: int = 200
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ApiConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     url: str = ""
+    max_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class RolloutConfig:
     batch_fraction: float = 0.1
     canary: bool = False
     step_deadline: float = 300.0
+    member_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,9 @@ def _raft(top: _Section, node_id: str) -> RaftConfig:
                    "list each peer once and never the node itself")
         ids[peer.id], addresses[peer.address] = f"raft.peers[{i}]", f"raft.peers[{i}]"
         peers.append(peer)
-    return RaftConfig(address=address, secret_file=s.abspath("secret_file"), peers=tuple(peers))
+    return RaftConfig(address=address, secret_file=s.abspath("secret_file"), peers=tuple(peers),
+                      compaction_entries=s.number("compaction_entries", int, RaftConfig.compaction_entries, 10,
+                                                  fix="use a number of journal entries, 10 or more"))
 
 
 def _api(top: _Section) -> ApiConfig:
@@ -349,7 +354,9 @@ def _api(top: _Section) -> ApiConfig:
                    "set url to the address peers reach, e.g. http://10.0.0.5:7200")
         host = f"[{bind}]" if ":" in bind else bind
         url = f"{'https' if cert else 'http'}://{host}:{port}"
-    return ApiConfig(token_file=s.abspath("token_file"), bind=bind, port=port, tls_cert=cert, tls_key=key, url=url)
+    return ApiConfig(token_file=s.abspath("token_file"), bind=bind, port=port, tls_cert=cert, tls_key=key, url=url,
+                     max_connections=s.number("max_connections", int, ApiConfig.max_connections, 4,
+                                              fix="use the number of concurrent API connections, 4 or more"))
 
 
 def _trusted_key(s: _Section) -> TrustedKey:
@@ -471,7 +478,10 @@ def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
     rollout = RolloutConfig(
         batch_fraction=r.number("batch_fraction", float, 0.1, 0, strict=True, high=1,
                                 fix="use a fraction such as 0.1 for one tenth of the group"),
-        canary=r.get("canary", bool, False), step_deadline=r.number("step_deadline", float, 300.0, 0, strict=True))
+        canary=r.get("canary", bool, False), step_deadline=r.number("step_deadline", float, 300.0, 0, strict=True),
+        member_timeout=r.number("member_timeout", float, RolloutConfig.member_timeout, 0, strict=True,
+                                fix="use seconds, e.g. 10: how long the leader may not hear from a member "
+                                    "before it counts as unreachable"))
     return AgentConfig(
         node_id=node_id, group=group, data_dir=data_dir, raft=raft, api=api, artifacts=artifacts,
         install=install, checks=tuple(checks), rollout=rollout,

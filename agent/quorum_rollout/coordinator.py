@@ -1,26 +1,38 @@
-"""Leader side effects, driven only by committed group state.
+"""Leader side effects, driven only by committed group state, bounded in term and in time.
 
-The coordinator runs in its own thread on every node and acts only while this node leads.
-Each committed release state asks for one side effect; when it succeeds the coordinator
-proposes the command that moves the release on. Every proposal carries a deterministic
-operation id (release id + step), so a retry after an ambiguous outcome, or the same step
-re-done by a new leader, is a no-op in the state machine. A new leader needs nothing but
-the committed state: the artifact store is content-addressed, so re-downloading is free
-when the file is already here.
+The coordinator runs in its own thread on every node and acts only while this node leads:
+
+* Term: a node that becomes leader first commits `lead` (its term) and acts only once that is
+  committed. Every leader command carries the term in which its step started; the state
+  machine rejects commands from a term older than the newest announced, so a deposed leader
+  (paused, partitioned) that finishes a step late changes nothing.
+* Time: each committed step (release id, state, batch, rollback batch) gets a deadline on this
+  node's monotonic clock from the moment this leader first saw it (never by comparing hosts'
+  wall clocks). Long steps (download, verify) run in a StepRunner thread that the coordinator
+  cancels; the deadline is enforced here, independently of the step, so a trickling mirror or a
+  frozen holder cannot hold a release past `rollout.step_deadline`.
+* Liveness: the leader watches its Raft links and commits which members it has not heard from
+  for `rollout.member_timeout` seconds; the state machine refuses a release while one is missing.
+
+Every proposal carries a deterministic operation id (release id + step), so a retry after an
+ambiguous outcome, or the same step redone by a new leader, is a no-op. A new leader needs nothing
+but the committed state: the artifact store is content-addressed, so re-downloading is free when
+the file is already here.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import artifacts, fsm, signing
 from .config import AgentConfig
-from .group import GroupNode, ProposalError
+from .group import ProposalError
 from .log import event, get_logger
 from .registry import Registry, RegistryError
+from .sources import Sources, clip, failed_step
 
 log = get_logger("quorum_rollout.coordinator")
 
@@ -69,15 +81,6 @@ class RegistryReporter:
                       release=record.get("release_id"), step="registry", cause=str(exc))
 
 
-_LEADER_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify", fsm.VERIFIED: "verify"}
-REASON_LIMIT = 2000
-
-
-def clip(text: str, limit: int = REASON_LIMIT) -> str:
-    """Failure reasons are replicated, logged and shown: never let one grow without bound."""
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
-
-
 def registry_record(state: dict[str, Any]) -> dict[str, Any]:
     release = state["release"] or {}
     failure = release.get("failure") or {}
@@ -92,172 +95,281 @@ def registry_record(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class StepRunner:
+    """At most one long leader step in flight, in its own thread, with a cancel event the step
+    checks between reads. Cancelling never waits for the thread: the step sees the event (or its
+    own deadline) and ends; its late result, if any, is fenced by the state machine."""
+
+    def __init__(self) -> None:
+        self._key: Any = None
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+
+    def running(self, key: Any) -> bool:
+        return self._key == key and self._thread is not None and self._thread.is_alive()
+
+    def start(self, key: Any, name: str, target: Callable[[threading.Event], None]) -> None:
+        self.cancel()
+        self._key, self._cancel = key, threading.Event()
+        self._thread = threading.Thread(target=target, args=(self._cancel,), name=name, daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._key = None
+
+
+_LONG_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify"}
+
+
 class Coordinator:
-    def __init__(self, node: GroupNode, cfg: AgentConfig, store: artifacts.Store,
-                 policy: signing.TrustPolicy, reporter: RegistryReporter, secret: bytes) -> None:
+    def __init__(self, node: Any, cfg: AgentConfig, sources: Sources, reporter: RegistryReporter, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.node = node
         self.cfg = cfg
-        self.store = store
-        self.policy = policy
+        self.sources = sources
         self.reporter = reporter
-        self.secret = secret
+        self._clock, self._wall = clock, wall
+        self._runner = StepRunner()
+        self._term: int | None = None             # the term this node leads in, once it noticed
+        self._since: tuple[Any, float] | None = None  # (step key, monotonic time this leader first saw it)
+        self._contact: dict[str, float] = {}      # member -> monotonic time of the last live Raft link
         self._reported: tuple[Any, ...] | None = None
 
-    def _fields(self, release: dict[str, Any], step: str) -> dict[str, Any]:
-        return {"group": self.cfg.group, "release": release["id"], "node": self.cfg.node_id,
-                "term": self.node.current_term(), "step": step}
+    # -- the loop ----------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Do what the committed state asks of the leader, once. Called whenever state changes."""
+        """Do what the committed state asks of the leader. Called on every change and every 0.5 s."""
         if not self.node.is_leader():
-            self._reported = None
+            if self._term is not None:
+                self._runner.cancel()
+                self._term, self._since, self._contact, self._reported = None, None, {}, None
             return
+        term = self.node.current_term()
         state = self.node.state
+        if term != self._term:
+            self._runner.cancel()
+            self._term, self._since, self._reported = term, None, None
+            self._contact = {}
+        newest = state.get("leader_term", 0)
+        if newest < term:
+            self._announce(term)
+            return  # act only on the state after `lead` committed
+        if newest > term:
+            return  # a newer leader announced itself: this node is about to learn it lost its term
+        self._report_registry(state)
+        self._watch_members(state, term)
+        release = state["release"]
+        if release:
+            self._drive(state, release, term)
+
+    def _announce(self, term: int) -> None:
+        try:
+            result = self.node.propose("lead", op_id=f"lead:{term}:{self.cfg.node_id}", term=term)
+        except ProposalError as exc:
+            event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id, term=term,
+                  step="lead", cause=str(exc))
+            return
+        event(log, "leader_announced", group=self.cfg.group, node=self.cfg.node_id, term=term,
+              outcome=result["code"])
+
+    def _report_registry(self, state: dict[str, Any]) -> None:
         release = state["release"]
         key = (state["current_version"], release and release["id"], release and release["state"],
                release and release["batch"])
         if key != self._reported:
             self._reported = key
             self.reporter.submit(registry_record(state))
-        if not release:
-            return
-        step = _LEADER_STEPS.get(release["state"])
-        if step and self._overdue(release):
-            return self._fail(release, step, f"no progress in {release['state']} for "
-                              f"{self.cfg.rollout.step_deadline:g}s (rollout.step_deadline)")
-        handler = {
-            fsm.RUNNING_OLD: self._download,
-            fsm.DOWNLOADED: self._verify,
-            fsm.VERIFIED: self._open_first_batch,
-            fsm.ROLLING: self._watch_batch,
-            fsm.ROLLING_BACK: self._watch_rollback,
-        }.get(release["state"])
-        if handler is None:
-            return
-        try:
-            handler(state, release)
-        except Exception as exc:  # a bug or an unforeseen input must fail the step, not wedge the release
-            if step is None:
-                raise
-            self._fail(release, step, f"unexpected {type(exc).__name__}: {exc}")
 
-    def _propose(self, release: dict[str, Any], op: str, op_id: str, **args: Any) -> None:
+    def _drive(self, state: dict[str, Any], release: dict[str, Any], term: int) -> None:
+        key = (release["id"], release["state"], release["batch"], len(release["rollback"]))
+        now = self._clock()
+        if self._since is None or self._since[0] != key:
+            self._since = (key, now)
+        deadline = self._since[1] + self.cfg.rollout.step_deadline
+        overdue = now > deadline
+        # The long step's own reads stop at `deadline` and fail it with the cause; this watchdog
+        # fails it a moment later if the step could not (blocked outside a read).
+        hard_overdue = now > deadline + min(1.0, 0.05 * self.cfg.rollout.step_deadline)
+        current = release["state"]
+        long_step = _LONG_STEPS.get(current)
+        if long_step is None:
+            self._runner.cancel()
+        elif hard_overdue:
+            self._runner.cancel()
+            self._fail(release, term, "deadline", self._overdue(current, long_step))
+        elif not self._runner.running((release["id"], current)):
+            target = self._download if current == fsm.RUNNING_OLD else self._verify
+            self._runner.start((release["id"], current), f"leader-{long_step}",
+                               lambda cancel: self._run(target, release["id"], long_step, term, deadline, cancel))
+        if current == fsm.VERIFIED:
+            self._propose(release, term, "open_batch", f"{release['id']}:open")
+        elif current in (fsm.ROLLING, fsm.ROLLING_BACK):
+            waiting = fsm.open_batch_hosts(state)
+            if waiting and overdue:
+                self._batch_overdue(release, term, waiting)
+
+    def _overdue(self, current: str, step: str, cause: str = "") -> str:
+        return (f"no progress in {current} for {self.cfg.rollout.step_deadline:g}s (rollout.step_deadline) "
+                f"during {step}" + (f": {cause}" if cause else ""))
+
+    def _batch_overdue(self, release: dict[str, Any], term: int, waiting: list[str]) -> None:
+        limit = f"{self.cfg.rollout.step_deadline:g}s (rollout.step_deadline)"
+        if release["state"] == fsm.ROLLING:
+            batch = release["batch"]
+            self._fail(release, term, "deadline", f"no report from {', '.join(waiting)} within {limit} "
+                       f"(batch {batch + 1} of {len(release['batches'])})", host=waiting[0])
+            return
+        reason = f"no revert report from {', '.join(waiting)} within {limit}"
+        event(log, "revert_timeout", level="error", cause=reason, **self._fields(release, term, "rollback"))
+        self._propose(release, term, "revert_timeout", f"{release['id']}:revert-timeout:{len(release['rollback'])}",
+                      reason=reason)
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def _watch_members(self, state: dict[str, Any], term: int) -> None:
+        """Commit the set of members this leader has not heard from for rollout.member_timeout."""
+        now, committed = self._clock(), state.get("unreachable", {})
+        for peer in self.cfg.raft.peers:
+            if self.node.peer_connected(peer.address):
+                self._contact[peer.id] = now
+            elif peer.id not in self._contact:  # a new leader: members already reported stay unreachable
+                self._contact[peer.id] = -math.inf if peer.id in committed else now
+        timeout = self.cfg.rollout.member_timeout
+        unreachable = {}
+        for member, seen in self._contact.items():
+            if now - seen > timeout:
+                unreachable[member] = committed.get(member) if member in committed or seen == -math.inf \
+                    else round(self._wall() - (now - seen), 3)
+        if set(unreachable) == set(committed):
+            return
+        op_id = f"liveness:{term}:{state['seq']}"
         try:
-            result = self.node.propose(op, op_id=op_id, release=release["id"], **args)
+            result = self.node.propose("liveness", op_id=op_id, term=term, unreachable=unreachable)
         except ProposalError as exc:
-            event(log, "proposal_failed", level="warning", cause=str(exc), **self._fields(release, op))
+            event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id, term=term,
+                  step="liveness", cause=str(exc))
+            return
+        event(log, "members_liveness", level="warning" if unreachable else "info", group=self.cfg.group,
+              node=self.cfg.node_id, term=term, unreachable=sorted(unreachable), outcome=result["code"])
+
+    def contact_ages(self) -> dict[str, float | None]:
+        """Seconds since this leader last had a live link to each member (None: never, or not leader)."""
+        if self._term is None:
+            return {}
+        now = self._clock()
+        return {m: (round(now - t, 1) if math.isfinite(t) else None) for m, t in self._contact.items()}
+
+    # -- proposals ---------------------------------------------------------------------------
+
+    def _fields(self, release: dict[str, Any], term: int, step: str) -> dict[str, Any]:
+        return {"group": self.cfg.group, "release": release["id"], "node": self.cfg.node_id, "term": term,
+                "step": step}
+
+    def _propose(self, release: dict[str, Any], term: int, op: str, op_id: str, **args: Any) -> None:
+        try:
+            result = self.node.propose(op, op_id=op_id, term=term, release=release["id"], **args)
+        except ProposalError as exc:
+            event(log, "proposal_failed", level="warning", cause=str(exc), **self._fields(release, term, op))
             return
         if result["code"] not in ("accepted", "noop", "duplicate"):
-            event(log, "proposal_rejected", level="warning", cause=result["reason"], **self._fields(release, op))
+            event(log, "proposal_rejected", level="warning", cause=result["reason"],
+                  **self._fields(release, term, op))
 
-    def _fail(self, release: dict[str, Any], step: str, reason: str, host: str | None = None) -> None:
+    def _fail(self, release: dict[str, Any], term: int, step: str, reason: str, host: str | None = None) -> None:
         reason = clip(reason)
         event(log, "step_failed", level="error", host=host or self.cfg.node_id, cause=reason,
-              **self._fields(release, step))
-        self._propose(release, "fail", f"{release['id']}:fail:{step}", step=step,
-                      host=host or self.cfg.node_id, reason=reason)
+              **self._fields(release, term, step))
+        self._propose(release, term, "fail", f"{release['id']}:fail", step=step, host=host or self.cfg.node_id,
+                      reason=reason)
 
-    # -- steps -------------------------------------------------------------------------------
+    # -- long steps (StepRunner thread) --------------------------------------------------------
 
-    def _download(self, state: dict[str, Any], release: dict[str, Any]) -> None:
+    def _run(self, target: Callable[..., None], release_id: str, step: str, term: int, deadline: float,
+             cancel: threading.Event) -> None:
+        """Run one long step until it succeeds, fails for good, is cancelled or reaches its deadline.
+        Transient mirror/peer errors are retried with backoff (0.5 s doubling to 10 s) in the time left."""
+        backoff, retried = 0.5, None
+        while not cancel.is_set():
+            release = self._release(release_id)
+            if release is None:
+                return
+            try:
+                target(release, term, deadline, cancel)
+                return
+            except artifacts.Cancelled:
+                return
+            except Exception as exc:
+                transient = isinstance(exc, artifacts.ArtifactError) and artifacts.is_transient(exc)
+                wait = min(backoff, deadline - self._clock())
+                if transient and wait > 0 and not cancel.is_set():
+                    event(log, "step_retry", level="warning", cause=clip(str(exc), 500), retry_in=round(wait, 2),
+                          **self._fields(release, term, step))
+                    retried = exc
+                    cancel.wait(wait)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                if cancel.is_set():
+                    return
+                self._fail(release, term, *self._failure(release, step, exc, retried))
+                return
+
+    def _failure(self, release: dict[str, Any], step: str, exc: Exception,
+                 retried: Exception | None) -> tuple[str, str]:
+        """(step, reason) of a long step that failed for good: a transient error retried until the
+        deadline is reported as itself ("download: HTTP 500 ..., retried until ..."), a deadline
+        without one as `deadline`, a trust refusal as `verify`; a bug as what it is."""
+        limit = f"{self.cfg.rollout.step_deadline:g}s (rollout.step_deadline)"
+        if isinstance(exc, artifacts.DeadlineExceeded) or (retried is not None and artifacts.is_transient(exc)):
+            if retried is not None:
+                return failed_step(retried, step), f"{clip(str(retried), 1500)} (retried until {limit} passed)"
+            return "deadline", self._overdue(release["state"], step, str(exc))
+        if not isinstance(exc, (signing.TrustError, artifacts.ArtifactError, OSError)):
+            event(log, "step_error", level="error", cause=repr(exc), exc_info=(type(exc), exc, exc.__traceback__),
+                  **self._fields(release, self._term or 0, step))
+            return step, f"unexpected {type(exc).__name__}: {exc}"
+        return failed_step(exc, step), str(exc)
+
+    def _release(self, release_id: str) -> dict[str, Any] | None:
+        release = self.node.state["release"]
+        return release if release and release["id"] == release_id else None
+
+    def _download(self, release: dict[str, Any], term: int, deadline: float, cancel: threading.Event) -> None:
         """Two commits: the verified manifest first (members start fetching from this node's
         growing file at once), then `downloaded` when the whole file is here and hashed."""
+        cfg, state = self.cfg, self.node.state
+        mirror = None
         if release["artifact"] is None:
-            event(log, "manifest_fetch", **self._fields(release, "download"))
-            try:
-                manifest, mirror = artifacts.fetch_manifest(
-                    self.cfg.artifacts, release["version"], self.policy, now=time.time(), group=self.cfg.group,
-                    highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"], log=log)
-            except signing.TrustError as exc:
-                return self._fail(release, "verify", str(exc))
-            except (artifacts.ArtifactError, OSError) as exc:
-                return self._fail(release, "download", str(exc))
+            event(log, "manifest_fetch", **self._fields(release, term, "download"))
+            manifest, mirror = artifacts.fetch_manifest(
+                cfg.artifacts, release["version"], self.sources.policy, now=self._wall(), group=cfg.group,
+                highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"], log=log,
+                deadline=deadline, cancel=cancel)
             artifact = {"sha256": manifest.sha256, "size": manifest.size, "file": manifest.file,
                         "manifest": manifest.raw.decode(), "mirror": mirror}
-            self._propose(release, "manifest", f"{release['id']}:manifest", artifact=artifact)
-            return  # the commit wakes this loop again for the file
-        try:
-            if release.get("source") == self.cfg.node_id:
-                manifest = verify_committed(self, state, release)
-                _path, mirror = artifacts.download_from_mirrors(self.cfg.artifacts, self.store, manifest,
-                                                                prefer=release["artifact"]["mirror"], log=log)
-            else:  # a new leader: the old one (or a member) may already hold it
-                manifest, _path = ensure_artifact(self, state, release)
-                mirror = "peer"
-        except signing.TrustError as exc:
-            return self._fail(release, "verify", str(exc))
-        except (artifacts.ArtifactError, OSError) as exc:
-            return self._fail(release, "download", str(exc))
+            self._propose(release, term, "manifest", f"{release['id']}:manifest", artifact=artifact)
+            release = self._release(release["id"])
+            if release is None or release["artifact"] is None or cancel.is_set():
+                return  # not committed (yet): the next pass tries again
+        state = self.node.state
+        if release.get("source") == cfg.node_id:
+            manifest = self.sources.verify_committed(state, release)
+            _path, mirror = artifacts.download_from_mirrors(cfg.artifacts, self.sources.store, manifest,
+                                                            prefer=release["artifact"]["mirror"], log=log,
+                                                            deadline=deadline, cancel=cancel)
+        else:  # a new leader: the old one (or a member) may already hold it
+            manifest, _path = self.sources.ensure_artifact(state, release, deadline=deadline, cancel=cancel)
+            mirror = "peer"
+        if cancel.is_set():
+            return
         event(log, "downloaded", mirror=mirror, sha256=manifest.sha256, size=manifest.size,
-              **self._fields(release, "download"))
-        self._propose(release, "downloaded", f"{release['id']}:downloaded")
+              **self._fields(release, term, "download"))
+        self._propose(release, term, "downloaded", f"{release['id']}:downloaded")
 
-    def _verify(self, state: dict[str, Any], release: dict[str, Any]) -> None:
-        try:
-            manifest, path = ensure_artifact(self, state, release)
-            signing.verify_file(path, manifest)
-        except signing.TrustError as exc:
-            return self._fail(release, "verify", str(exc))
-        except (artifacts.ArtifactError, OSError) as exc:
-            return self._fail(release, "download", str(exc))
-        event(log, "verified", sha256=manifest.sha256, **self._fields(release, "verify"))
-        self._propose(release, "verified", f"{release['id']}:verified")
-
-    def _open_first_batch(self, state: dict[str, Any], release: dict[str, Any]) -> None:
-        self._propose(release, "open_batch", f"{release['id']}:open")
-
-    def _watch_batch(self, state: dict[str, Any], release: dict[str, Any]) -> None:
-        waiting = fsm.open_batch_hosts(state)
-        if waiting and self._overdue(release):
-            batch = release["batch"]
-            reason = (f"no report from {', '.join(waiting)} within {self.cfg.rollout.step_deadline:g}s "
-                      f"(batch {batch + 1} of {len(release['batches'])})")
-            self._fail(release, "deadline", reason, host=waiting[0])
-
-    def _watch_rollback(self, state: dict[str, Any], release: dict[str, Any]) -> None:
-        waiting = fsm.open_batch_hosts(state)
-        if waiting and self._overdue(release):
-            reason = f"no revert report from {', '.join(waiting)} within {self.cfg.rollout.step_deadline:g}s"
-            event(log, "revert_timeout", level="error", cause=reason, **self._fields(release, "rollback"))
-            self._propose(release, "revert_timeout",
-                          f"{release['id']}:revert-timeout:{len(release['rollback'])}", reason=reason)
-
-    def _overdue(self, release: dict[str, Any]) -> bool:
-        started = release.get("step_started_at") or 0
-        return time.time() - started > self.cfg.rollout.step_deadline
-
-
-def verify_committed(owner: Any, state: dict[str, Any], release: dict[str, Any]) -> signing.Manifest:
-    """Every node verifies the committed manifest with its own trusted keys before using it."""
-    cfg: AgentConfig = owner.cfg
-    return signing.verify_manifest(
-        release["artifact"]["manifest"].encode(), owner.policy, now=time.time(), name=cfg.artifacts.name,
-        version=release["version"], group=cfg.group, max_bytes=cfg.artifacts.max_manifest_bytes,
-        highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"])
-
-
-def ensure_artifact(owner: Any, state: dict[str, Any], release: dict[str, Any]) -> tuple[signing.Manifest, Any]:
-    """Verify the committed manifest, then make sure the file is in our store: from a peer that
-    holds it, else from the mirrors. Shared by leader and members."""
-    cfg: AgentConfig = owner.cfg
-    manifest = verify_committed(owner, state, release)
-    if owner.store.has(manifest.sha256, manifest.size):
-        return manifest, owner.store.path(manifest.sha256)
-    peers = {p.id: p.api_url for p in cfg.raft.peers}
-    # Rendezvous order: each member tries the holders in its own pseudo-random order, so the
-    # group's downloads spread over every holder; a busy holder answers 503 and the next is tried.
-    holders = sorted(((h, peers[h]) for h in release["holders"] if h in peers),
-                     key=lambda holder: hashlib.sha256(f"{cfg.node_id}/{holder[0]}".encode()).digest())
-    errors = []
-    if holders:
-        try:
-            path, _source = artifacts.fetch_from_peers(holders, manifest, owner.store, owner.secret, cfg.artifacts)
-            return manifest, path
-        except artifacts.ArtifactError as exc:
-            errors.append(str(exc))
-    try:
-        path, _mirror = artifacts.download_from_mirrors(cfg.artifacts, owner.store, manifest, log=log)
-        return manifest, path
-    except artifacts.ArtifactError as exc:
-        errors.append(str(exc))
-    raise artifacts.ArtifactError("could not fetch the artifact from any holder or mirror: " + "; ".join(errors))
+    def _verify(self, release: dict[str, Any], term: int, deadline: float, cancel: threading.Event) -> None:
+        manifest, path = self.sources.ensure_artifact(self.node.state, release, deadline=deadline, cancel=cancel)
+        signing.verify_file(path, manifest)
+        if cancel.is_set():
+            return
+        event(log, "verified", sha256=manifest.sha256, **self._fields(release, term, "verify"))
+        self._propose(release, term, "verified", f"{release['id']}:verified")

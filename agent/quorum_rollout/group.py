@@ -7,7 +7,11 @@ Rules from PYSYNCOBJ.md this module enforces:
   it wraps the pure `fsm.apply`, never raises, never blocks: it only swaps a reference and sets an Event;
 - we tick the cluster from our own long-lived thread (autoTick off), so the group state is in place
   before the first journal entry is replayed and no other thread's lifetime can stop Raft;
-- sync proposals always carry a timeout and are never made from a pysyncobj callback.
+- sync proposals always carry a timeout and are never made from a pysyncobj callback;
+- the Raft snapshot (log compaction, snapshot transfer to a lagging member, restore at start) is
+  every attribute assigned after `SyncObj.__init__` (PYSYNCOBJ.md rule 13): that is `state` and
+  nothing else. Helpers (threads, events, callbacks) are assigned before `super().__init__`,
+  and `snapshot_attributes()` says what a snapshot holds (a test keeps it at {"state"}).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
+from pysyncobj.node import TCPNode
 
 from . import fsm
 
@@ -27,14 +32,28 @@ _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
 class ProposalError(Exception):
-    """A command could not be committed (no leader, timeout, ambiguous outcome)."""
+    """A command was not seen committed (no leader, timeout, leader change).
+
+    `definitive` is True when it certainly was not and never will be (queue full, refused, no
+    leader to queue it with, replaced in the log); otherwise (a timeout: the command may still
+    wait in the queue for a leader; a leader change: the new leader may still commit it) the
+    outcome is unknown, and only the operation id tells later whether it committed."""
+
+    def __init__(self, message: str, definitive: bool = False) -> None:
+        super().__init__(message)
+        self.definitive = definitive
+
+
+_DEFINITIVE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.REQUEST_DENIED,
+               FAIL_REASON.DISCARDED}
 
 
 class GroupNode(SyncObj):
     """The replicated group state of one member. Read `state`; change it with `propose`."""
 
     def __init__(self, *, node_id: str, group: str, address: str, peers: list[str], secret: bytes,
-                 data_dir: str, on_change: Callable[[], None], tick_period: float = 0.05) -> None:
+                 data_dir: str, on_change: Callable[[], None], tick_period: float = 0.05,
+                 compaction_entries: int = 200) -> None:
         if not secret or len(secret) < 32:
             raise ValueError("the group secret is mandatory (>= 32 bytes): Raft traffic must be "
                              "encrypted and authenticated")
@@ -46,6 +65,8 @@ class GroupNode(SyncObj):
         self._on_change = on_change
         self._stop = threading.Event()
         self._tick_period = tick_period
+        self._ticker = threading.Thread(target=self._tick_loop, name=f"raft-{node_id}", daemon=True)
+        self._peer_nodes = {a: TCPNode(a) for a in peers}
         conf = SyncObjConf(
             password=secret,
             autoTick=False,
@@ -57,12 +78,15 @@ class GroupNode(SyncObj):
             connectionRetryTime=1.0,
             bindAddress=address,           # never 0.0.0.0: Raft listens on the group network only
             maxBindRetries=20,
+            # Snapshot (a few KB of group state) after this many journal entries, or after 5 min
+            # with new entries: the journal stays short and a lagging member catches up by snapshot.
+            logCompactionMinEntries=compaction_entries,
+            logCompactionMinTime=300,
             onStateChanged=lambda _old, _new: self._on_change(),
         )
         super().__init__(address, peers, conf)
-        # Replicated snapshot: everything assigned from here on.
+        # Replicated snapshot: everything assigned from here on, i.e. `state` alone.
         self.state: dict[str, Any] = fsm.initial_state(group)
-        self._ticker = threading.Thread(target=self._tick_loop, name=f"raft-{node_id}", daemon=True)
         self._ticker.start()
 
     # -- Raft thread ---------------------------------------------------------------------------
@@ -90,17 +114,30 @@ class GroupNode(SyncObj):
 
     # -- other threads -------------------------------------------------------------------------
 
-    def propose(self, op: str, *, timeout: float = 5.0, op_id: str | None = None, **args: Any) -> dict[str, str]:
-        """Commit one command and return fsm's outcome. Never call from a pysyncobj callback."""
-        cmd = {"op": op, "id": op_id or uuid.uuid4().hex, "term": self.current_term(), "time": time.time(),
-               "actor": self.node_id, **args}
+    def propose(self, op: str, *, timeout: float = 5.0, op_id: str | None = None, term: int | None = None,
+                **args: Any) -> dict[str, str]:
+        """Commit one command and return fsm's outcome. Never call from a pysyncobj callback.
+
+        Leader steps pass `term`: the term in which the step started, so a result that arrives after
+        this node lost that term is rejected by the state machine's fence. Other commands carry the
+        node's current term."""
+        cmd = {"op": op, "id": op_id or uuid.uuid4().hex, "term": self.current_term() if term is None else term,
+               "time": time.time(), "actor": self.node_id, **args}
         try:
             result = self.apply_command(cmd, sync=True, timeout=timeout)
         except SyncObjException as exc:
             reason = exc.args[0] if exc.args else exc
             names = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
-            raise ProposalError(f"{op} not committed: {names.get(reason, reason)}") from exc
+            raise ProposalError(f"{op} not committed: {names.get(reason, reason)}",
+                                definitive=reason in _DEFINITIVE) from exc
         return result
+
+    def preview(self, op: str, **args: Any) -> fsm.Outcome:
+        """What the state machine would answer to this command on the state as this node sees it
+        now (nothing is proposed): lets the API do expensive checks only for commands that would
+        be accepted."""
+        cmd = {"op": op, "id": None, "term": self.current_term(), "time": time.time(), "actor": self.node_id, **args}
+        return fsm.apply(self.state, cmd)[1]
 
     # (no properties here: SyncObj.__init__ evaluates every attribute through dir())
     def current_term(self) -> int:
@@ -113,6 +150,11 @@ class GroupNode(SyncObj):
         leader = self._getLeader()
         return leader.address if leader is not None else None
 
+    def peer_connected(self, address: str) -> bool:
+        """Whether this node's Raft link to the peer is up (for the leader: the peer answers)."""
+        node = self._peer_nodes.get(address)
+        return node is not None and bool(self.isNodeConnected(node))
+
     def raft_status(self) -> dict[str, Any]:
         status = self.getStatus()
         return {
@@ -121,8 +163,15 @@ class GroupNode(SyncObj):
             "has_quorum": bool(status["has_quorum"]),
             "commit_index": status["commit_idx"],
             "last_applied": status["last_applied"],
+            "log_entries": status["log_len"],
             "ready": bool(self.isReady()),
         }
+
+    def snapshot_attributes(self) -> set[str]:
+        """Names of our attributes a Raft snapshot of this node holds (pysyncobj pickles every
+        attribute assigned after SyncObj.__init__; its own `_SyncObj__enabledCodeVersion` is one)."""
+        own = set(self.__dict__.get("_SyncObj__properies", ()))
+        return {k for k in vars(self) if k not in own and not k.startswith("_SyncObj__")}
 
     def stop(self) -> None:
         self._stop.set()

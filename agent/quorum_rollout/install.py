@@ -525,8 +525,11 @@ def run_shell(command: str, *, env: dict[str, str] | None = None, timeout: float
     full_env.update(env or {})
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
+        # umask 022 like a service manager's default: the agent itself runs with 077 (its data
+        # dir holds pickles and secrets), the application it starts should not inherit that.
         proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True)
+                                stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
+                                umask=0o022)
         try:
             rc: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -550,11 +553,14 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 1.0) -> None:
             continue
 
 
-def run_hook(name: str, command: str, *, version: str, root: str | os.PathLike[str], timeout: float) -> str:
-    """Run a hook with QR_VERSION, QR_RELEASE_DIR, QR_ROOT (and QR_HOOK) set; return its output tail."""
+def run_hook(name: str, command: str, *, version: str | None, root: str | os.PathLike[str], timeout: float) -> str:
+    """Run a hook with QR_VERSION, QR_RELEASE_DIR, QR_ROOT (and QR_HOOK) set; return its output tail.
+
+    `version` None (stopping a host that ran nothing before the release) sets QR_VERSION and
+    QR_RELEASE_DIR to empty strings."""
     root_abs = os.path.abspath(root)
-    env = {"QR_VERSION": version, "QR_RELEASE_DIR": str(release_dir(root_abs, version)), "QR_ROOT": root_abs,
-           "QR_HOOK": name}
+    env = {"QR_VERSION": version or "", "QR_RELEASE_DIR": str(release_dir(root_abs, version)) if version else "",
+           "QR_ROOT": root_abs, "QR_HOOK": name}
     try:
         result = run_shell(command, env=env, timeout=timeout, cwd=root_abs if os.path.isdir(root_abs) else None)
     except OSError as exc:

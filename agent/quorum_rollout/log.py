@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -72,16 +73,78 @@ def event(logger: logging.Logger, event: str, level: str = "info", **fields: Any
     logger.log(LEVELS.get(level, logging.INFO), event, exc_info=exc_info, extra={"qr_fields": fields})
 
 
+class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """JSON lines with a repeat limit: the same line (same logger, level, message and fields)
+    more than `burst` times in `window` seconds is dropped, and the next time it appears after
+    the window a `log_suppressed` line says how many were dropped. A library that logs one
+    line ten times a second cannot flood the log or hide everything else."""
+
+    def __init__(self, stream: TextIO, *, burst: int = 5, window: float = 60.0,
+                 clock: Any = time.monotonic) -> None:
+        super().__init__(stream)
+        self.setFormatter(JsonFormatter())
+        self.burst, self.window, self._clock = burst, window, clock
+        self._seen: dict[str, list[float]] = {}  # key -> [window start, count]
+
+    def _key(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "qr_fields", None)
+        extra = json.dumps(fields, sort_keys=True, default=str)[:500] if fields else ""
+        return f"{record.name}\0{record.levelno}\0{record.getMessage()[:500]}\0{extra}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            key, now = self._key(record), self._clock()
+        except Exception:  # a record that cannot even be keyed is emitted as it is
+            return super().emit(record)
+        with self.lock:  # type: ignore[union-attr]
+            seen = self._seen.get(key)
+            if seen is None or now - seen[0] >= self.window:
+                if seen is not None and seen[1] > self.burst:
+                    super().emit(_suppressed(record, int(seen[1] - self.burst), self.window))
+                if len(self._seen) >= 1000:
+                    self._seen.clear()
+                seen = self._seen[key] = [now, 0]
+            seen[1] += 1
+            if seen[1] > self.burst:
+                return
+        super().emit(record)
+
+
+def _suppressed(record: logging.LogRecord, count: int, window: float) -> logging.LogRecord:
+    summary = logging.LogRecord(record.name, logging.WARNING, record.pathname, record.lineno,
+                                "log_suppressed", None, None)
+    summary.qr_fields = {"source": record.name, "repeated": record.getMessage()[:500],  # type: ignore[attr-defined]
+                         "suppressed": count, "window_seconds": window}
+    return summary
+
+
 def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> logging.Handler:
-    """Send the agent's logs as JSON lines to `stream` (stderr by default); safe to call again."""
+    """Every log line of the process as JSON on `stream` (stderr by default): the handler sits on
+    the root logger, so libraries (pysyncobj, urllib3) are JSON too; uncaught exceptions in any
+    thread and Python warnings become JSON lines as well. Safe to call again."""
     numeric = LEVELS[level] if isinstance(level, str) else level
-    logger = logging.getLogger(ROOT)
-    for old in [h for h in logger.handlers if getattr(h, "qr_handler", False)]:
-        logger.removeHandler(old)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "qr_handler", False)]:
+        root.removeHandler(old)
+    handler = JsonHandler(stream if stream is not None else sys.stderr)
     handler.qr_handler = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(numeric)
-    logger.propagate = False
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    ours = logging.getLogger(ROOT)
+    ours.setLevel(numeric)
+    ours.propagate = True
+    logging.captureWarnings(True)
+    crash = get_logger("quorum_rollout.crash")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        event(crash, "thread_crashed", level="error", thread=getattr(args.thread, "name", None),
+              cause=repr(args.exc_value), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    def process_hook(exc_type: Any, exc: BaseException, tb: Any) -> None:
+        event(crash, "agent_crashed", level="error", cause=repr(exc), exc_info=(exc_type, exc, tb))
+
+    threading.excepthook = thread_hook
+    sys.excepthook = process_hook
     return handler

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, checks, fsm, install, signing
+from . import artifacts, checks, fsm, housekeeping, install, signing
 from .config import AgentConfig
-from .coordinator import clip, ensure_artifact, verify_committed
-from .group import GroupNode, ProposalError
+from .group import ProposalError
 from .log import event, get_logger
+from .sources import Sources, clip, failed_step
 
 log = get_logger("quorum_rollout.worker")
 
@@ -32,21 +32,25 @@ class StepFailed(Exception):
 
 
 class Worker:
-    def __init__(self, node: GroupNode, cfg: AgentConfig, store: artifacts.Store,
-                 policy: signing.TrustPolicy, secret: bytes) -> None:
+    def __init__(self, node: Any, cfg: AgentConfig, sources: Sources) -> None:
         self.node = node
         self.cfg = cfg
-        self.store = store
-        self.policy = policy
-        self.secret = secret
+        self.sources = sources
+        self.store = sources.store
         self.host = cfg.node_id
         self.root = Path(cfg.install.root)
         self._reported: set[str] = set()
+        self._announcing: set[str] = set()
+        self._announce_lock = threading.Lock()
         self._prefetch: threading.Thread | None = None
+        self._pruned: set[str] = set()
 
     def step(self) -> None:
         state = self.node.state
         release = state["release"]
+        if release and release["state"] in fsm.TERMINAL:
+            self._prune(release)
+            return
         self._maybe_prefetch(state, release)
         if not release or self.host not in fsm.open_batch_hosts(state):
             return
@@ -67,6 +71,26 @@ class Worker:
             ok, step, reason = False, exc.step, clip(exc.reason)
             event(log, f"{phase}_failed", level="error", step=step, cause=reason, **fields)
         self._report(release, phase, op_id, ok, step, reason, fields)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _prune(self, release: dict[str, Any]) -> None:
+        """Once per release that ended: keep install.keep_releases release directories (never the
+        one `current` points to, never the version a rollback of this release would return to) and
+        drop store artifacts and stale partial downloads no kept release needs."""
+        if release["id"] in self._pruned:
+            return
+        self._pruned.add(release["id"])
+        entry = release["hosts"].get(self.host) or {}
+        protect = {v for v in (entry.get("previous"), release.get("previous_version")) if v}
+        digest = (release.get("artifact") or {}).get("sha256")
+        report = housekeeping.prune_host(self.root, self.store, keep_releases=self.cfg.install.keep_releases,
+                                         protect_versions=protect, protect_digests={digest} if digest else set())
+        fields = report.fields()
+        if any(fields[k] for k in ("removed_versions", "removed_digests", "removed_partials", "removed_leftovers",
+                                   "errors")):
+            event(log, "pruned", level="warning" if report.errors else "info", group=self.cfg.group,
+                  release=release["id"], node=self.host, host=self.host, step="housekeeping", **fields)
 
     # -- prefetch: the artifact arrives before the batch opens ---------------------------------
 
@@ -91,7 +115,7 @@ class Worker:
         to the mirrors."""
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
         try:
-            manifest = verify_committed(self, state, release)
+            manifest = self.sources.verify_committed(state, release)
         except signing.TrustError as exc:
             event(log, "prefetch_refused", level="warning", cause=str(exc)[:500], **fields)
             return
@@ -110,8 +134,11 @@ class Worker:
             candidates = upstream[:1] if time.monotonic() < grace else upstream + holders
             for holder in candidates:
                 try:
-                    artifacts.fetch_from_peers([(holder, urls[holder])], manifest, self.store, self.secret,
-                                               self.cfg.artifacts)
+                    artifacts.fetch_from_peers([(holder, urls[holder])], manifest, self.store, self.sources.secret,
+                                               self.cfg.artifacts, deadline=deadline)
+                except artifacts.DiskFull as exc:
+                    event(log, "prefetch_failed", level="warning", cause=str(exc)[:500], **fields)
+                    return
                 except (artifacts.ArtifactError, signing.TrustError, OSError):
                     continue
                 event(log, "prefetched", source=holder, seconds=round(time.monotonic() - started, 3),
@@ -121,33 +148,40 @@ class Worker:
             time.sleep(0.1)
 
     def _announce_holder(self, release: dict[str, Any]) -> None:
+        """Propose `holder` once: the prefetch thread and the worker loop may both get here while
+        the first proposal is still being committed."""
         op_id = f"{release['id']}:{self.host}:holder"
-        if op_id in self._reported:
-            return
+        with self._announce_lock:
+            if op_id in self._reported or op_id in self._announcing:
+                return
+            self._announcing.add(op_id)
         try:
             self.node.propose("holder", op_id=op_id, release=release["id"], host=self.host)
             self._reported.add(op_id)
         except ProposalError:
             pass  # retried on the next pass
+        finally:
+            with self._announce_lock:
+                self._announcing.discard(op_id)
 
     # -- install -------------------------------------------------------------------------------
 
     def _install(self, state: dict[str, Any], release: dict[str, Any], fields: dict[str, Any]) -> None:
         version = release["version"]
         try:
-            manifest, path = ensure_artifact(self, state, release)
+            manifest, path = self.sources.ensure_artifact(
+                state, release, deadline=time.monotonic() + self.cfg.rollout.step_deadline)
             signing.verify_file(path, manifest)
-        except signing.TrustError as exc:
-            raise StepFailed("verify", str(exc)) from exc
-        except (artifacts.ArtifactError, OSError) as exc:
-            raise StepFailed("fetch", str(exc)) from exc
+        except (signing.TrustError, artifacts.ArtifactError, OSError) as exc:
+            raise StepFailed(failed_step(exc, "download"), str(exc)) from exc
         running = install.current_version(self.root)
         if running == version:
             event(log, "install_skipped", step="install", cause="current already points to this version", **fields)
         else:
             self._remember_previous(release, running)  # before the switch: a crash must not lose it
             try:
-                install.install_release(self.root, version, path)
+                install.install_release(self.root, version, path,
+                                        free_space_margin=self.cfg.artifacts.free_space_margin)
                 install.activate(self.root, version)
             except (install.InstallError, OSError) as exc:
                 raise StepFailed("install", str(exc)) from exc
@@ -183,7 +217,7 @@ class Worker:
         previous = self.previous_version(release)
         if previous is None:
             # The group ran nothing before this release: stop the service and unlink `current`.
-            self._hook("stop", previous or "", fields)
+            self._hook("stop", None, fields)
             try:
                 (self.root / "current").unlink(missing_ok=True)
             except OSError as exc:
@@ -202,14 +236,14 @@ class Worker:
 
     # -- shared --------------------------------------------------------------------------------
 
-    def _hook(self, name: str, version: str, fields: dict[str, Any]) -> None:
+    def _hook(self, name: str, version: str | None, fields: dict[str, Any]) -> None:
         command = getattr(self.cfg.install.hooks, name)
         if not command:
             return
         try:
             install.run_hook(name, command, version=version, root=str(self.root),
                              timeout=self.cfg.install.hooks.timeout)
-        except install.HookFailed as exc:
+        except install.InstallError as exc:  # HookFailed, or a version that cannot name a directory
             raise StepFailed(name, str(exc)) from exc
 
     def _restart(self, version: str, fields: dict[str, Any]) -> None:

@@ -208,3 +208,21 @@ def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
     wait_until(lambda: all(h.current() == "2.6" for h in members), 10, "2.6 on every member")
     # The other groups were left alone.
     assert {h.current() for g, hs in fleet.groups.items() if g != group for h in hs} <= {"2.4", "2.5"}
+
+
+def test_agent_logs_are_json_lines_without_floods(fleet: LocalFleet) -> None:
+    """What an operator's log shipper reads after install, releases, a rollback and re-runs: every
+    line of every agent's log is one JSON object, and no line repeats more than a few times a
+    minute (pysyncobj's own lines included: they go through the same handler)."""
+    for host in fleet.hosts:
+        log = host.data_dir / "agent.log"
+        assert log.exists(), host.name
+        per_minute: dict[tuple[str, str], int] = {}
+        for line in log.read_text(errors="replace").splitlines():
+            doc = json.loads(line)  # raises on anything that is not JSON
+            assert isinstance(doc, dict) and "event" in doc and "ts" in doc, (host.name, line[:200])
+            body = json.dumps({k: v for k, v in doc.items() if k != "ts"}, sort_keys=True)
+            key = (doc["ts"][:16], body)  # the same line within one minute
+            per_minute[key] = per_minute.get(key, 0) + 1
+        floods = {k: n for k, n in per_minute.items() if n > 5}
+        assert not floods, f"{host.name}: lines repeated within a minute: {list(floods.items())[:3]}"

@@ -51,7 +51,14 @@ def test_untrusted_release_refused_before_any_install(make_fleet, attack, expect
     else:
         _sha_mismatch_release(fleet, "2.4")
     fleet.start()
-    assert fleet.hosts[0].post("/v1/releases", {"version": "2.4"}).status_code == 201
+    resp = fleet.hosts[0].post("/v1/releases", {"version": "2.4"})
+    if attack != "sha256_mismatch":  # a refused manifest: refused by the start itself, nothing committed
+        assert resp.status_code == 409 and resp.json()["detail"]["reason"] == "untrusted", resp.text
+        assert expect in resp.json()["error"].lower()
+        assert fleet.release_state() is None
+        assert all(host.current() == "2.3" and host.events("activated") == [] for host in fleet.hosts)
+        return
+    assert resp.status_code == 201, resp.text  # a good manifest, a file that does not match it: the leader refuses
     done = fleet.wait_release(("current", "rolled_back", "aborted"), timeout=60)
     assert done["state"] == "rolled_back"
     failure = done["failure"]

@@ -10,6 +10,9 @@ Misbehaviour on demand, by side files next to a (possibly absent) path P:
   "200\nContent-Type: text/html\n\n<html>...</html>".
 * `P.endless` holding a byte cap (default 256 MiB): send P, then zeros up to the cap, with no
   Content-Length (the body ends when the connection closes): an endless-data attack.
+* `P.fail` holding "N STATUS": answer STATUS (e.g. 503) to the next N requests of P, then serve it.
+* `P.trickle` holding "SECONDS [SKIP]": after the first SKIP requests of P (default 0) are served
+  normally, send P's headers and then one byte every SECONDS: a slow-retrieval attack.
 
 Run: python tests/support/mirror.py --bind 127.0.0.1 --port 8000 --root DIR [--stats FILE] [--rate B]
 """
@@ -35,6 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.root).resolve()
     served: dict[str, int] = {}
+    requests_seen: dict[str, int] = {}
     lock = threading.Lock()
     bucket = {"t": time.monotonic(), "tokens": 0.0}
 
@@ -73,6 +77,16 @@ def main() -> None:
             status_file = path.with_name(path.name + ".status")
             if inside and status_file.is_file():
                 return self._canned(status_file.read_bytes(), head)
+            fail_file = path.with_name(path.name + ".fail")
+            if inside and fail_file.is_file() and self._fail_once(fail_file, head):
+                return
+            trickle_file = path.with_name(path.name + ".trickle")
+            if inside and path.is_file() and trickle_file.is_file() and not head:
+                seconds, _, skip = trickle_file.read_text().strip().partition(" ")
+                with lock:
+                    count = requests_seen[rel] = requests_seen.get(rel, 0) + 1
+                if count > int(skip or 0):
+                    return self._trickle(path, rel, float(seconds))
             endless_file = path.with_name(path.name + ".endless")
             if inside and path.is_file() and endless_file.is_file():
                 return self._endless(path, rel, int(endless_file.read_text().strip() or 256 << 20), head)
@@ -140,6 +154,35 @@ def main() -> None:
             self.end_headers()
             if not head:
                 self.wfile.write(body)
+
+        def _fail_once(self, fail_file: Path, head: bool) -> bool:
+            with lock:
+                try:
+                    count, _, status = fail_file.read_text().strip().partition(" ")
+                except FileNotFoundError:
+                    return False
+                left = int(count)
+                if left <= 0:
+                    return False
+                fail_file.write_text(f"{left - 1} {status}")
+            self._canned(f"{status}\n".encode(), head)
+            return True
+
+        def _trickle(self, path: Path, rel: str, seconds: float) -> None:
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            sent = 0
+            try:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    sent += 1
+                    time.sleep(seconds)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            record(rel, sent)
 
         def _endless(self, path: Path, rel: str, cap: int, head: bool) -> None:
             self.close_connection = True

@@ -11,6 +11,9 @@ import json
 import logging
 import os
 import re
+import sys
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -324,13 +327,17 @@ def test_read_token_refusals(tmp_path: Path) -> None:
 @pytest.fixture()
 def log_stream() -> Any:
     stream = io.StringIO()
+    hooks, level = (threading.excepthook, sys.excepthook), logging.getLogger().level
     L.setup_logging("debug", stream=stream)
     try:
         yield stream
     finally:
-        root = logging.getLogger(L.ROOT)
+        root = logging.getLogger()
         for handler in [h for h in root.handlers if getattr(h, "qr_handler", False)]:
             root.removeHandler(handler)
+        threading.excepthook, sys.excepthook = hooks
+        root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -365,6 +372,48 @@ def test_levels_plain_records_and_exceptions(log_stream: io.StringIO) -> None:
     assert [g["event"] for g in got] == ["log", "crashed"]
     assert got[0]["message"] == "plain message" and got[0]["logger"] == "quorum_rollout.api"
     assert "RuntimeError: kaput" in got[1]["exception"]
+
+
+def test_library_lines_uncaught_thread_errors_and_warnings_are_json(log_stream: io.StringIO) -> None:
+    logging.getLogger("pysyncobj.syncobj").warning("Failed to store full dump")
+
+    def boom() -> None:
+        raise ValueError("thread bug")
+
+    worker = threading.Thread(target=boom, name="worker-x")
+    worker.start()
+    worker.join()
+    warnings.warn("deprecated knob", DeprecationWarning, stacklevel=1)
+    got = lines(log_stream)  # every line parses as JSON
+    assert got[0]["logger"] == "pysyncobj.syncobj" and got[0]["message"] == "Failed to store full dump"
+    crash = next(g for g in got if g["event"] == "thread_crashed")
+    assert crash["thread"] == "worker-x" and "ValueError: thread bug" in crash["exception"]
+    assert any(g.get("logger") == "py.warnings" and "deprecated knob" in g["message"] for g in got)
+
+
+def test_a_line_repeated_in_a_burst_is_suppressed_and_counted() -> None:
+    now = [0.0]
+    stream = io.StringIO()
+    handler = L.JsonHandler(stream, burst=3, window=60.0, clock=lambda: now[0])
+    logger = logging.getLogger("pysyncobj.test-repeat")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for _ in range(600):  # ten a second for a minute, like pysyncobj's compaction failure
+            logger.warning("Failed to store full dump")
+            now[0] += 0.1
+        logger.warning("another line")
+        now[0] = 61.0
+        logger.warning("Failed to store full dump")
+    finally:
+        logger.removeHandler(handler)
+    got = lines(stream)
+    messages = [g.get("message") or g["event"] for g in got]
+    dump = "Failed to store full dump"
+    assert messages == [dump] * 3 + ["another line", "log_suppressed", dump]
+    summary = got[4]
+    assert summary["suppressed"] == 597 and summary["repeated"] == "Failed to store full dump"
+    assert summary["source"] == "pysyncobj.test-repeat"
 
 
 # ----------------------------------------------------------------------------- docs/config.md
