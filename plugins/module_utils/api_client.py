@@ -29,6 +29,7 @@ import re
 import socket
 import ssl
 import time
+import uuid
 from urllib.error import HTTPError, URLError
 from urllib.request import HTTPRedirectHandler, HTTPSHandler, Request, build_opener
 
@@ -154,19 +155,70 @@ class AgentClient(object):
         """``GET /v1/status``: this node and its group's replicated state."""
         return self._request("GET", "/v1/status")
 
-    def start_release(self, version, allow_downgrade=False):
+    def start_release(self, version, allow_downgrade=False, allow_unreachable=False):
         """``POST /v1/releases``: start rolling ``version`` out to the group.
 
-        Returns ``{"changed": bool, "release": RELEASE|None}``.
+        Returns ``{"changed": bool, "release": RELEASE|None}`` (see ``submit``).
         """
-        body = {"version": to_text(version), "allow_downgrade": bool(allow_downgrade)}
-        return self._request("POST", "/v1/releases", body)
+        body = {"version": to_text(version), "allow_downgrade": bool(allow_downgrade),
+                "allow_unreachable": bool(allow_unreachable)}
+        return self.submit("/v1/releases", body)
 
-    def action(self, name):
-        """``POST /v1/releases/current/<name>`` for name in pause, resume, abort, retry."""
+    def action(self, name, release_id=None):
+        """``POST /v1/releases/current/<name>`` for name in pause, resume, abort, retry.
+
+        ``release_id`` names the release meant: the agent refuses (409) when the group's latest
+        release is another one, so a read-then-act race never acts on the wrong release.
+        """
         if name not in ACTIONS:
             raise ValueError("unknown release action %r (expected one of %s)" % (name, ", ".join(ACTIONS)))
-        return self._request("POST", "/v1/releases/current/%s" % name, {})
+        body = {"release": to_text(release_id)} if release_id else {}
+        return self.submit("/v1/releases/current/%s" % name, body)
+
+    def operation(self, op_id):
+        """``GET /v1/operations/<id>``: committed, rejected, pending, expired (or 404 unknown)."""
+        return self._request("GET", "/v1/operations/%s" % op_id)
+
+    def submit(self, path, body, follow=60, sleep=1.0, now=time.monotonic, pause=time.sleep):
+        """POST a command with an operation id of its own and return the agent's answer.
+
+        The id makes the command idempotent, so a POST whose answer was lost (no answer, 502/504,
+        or 503 "nothing changed") is sent again with the same id until ``follow`` seconds pass. A
+        202 (not committed yet; the agent keeps proposing it) is followed on
+        ``GET /v1/operations/<id>`` until the log says ``committed`` (returned as
+        ``{"changed": True, ...}`` with the release re-read) or ``rejected`` (raised as a 409).
+        When it is still unknown at the end, an error says so and names the id: it may commit later.
+        """
+        body = dict(body, operation_id=uuid.uuid4().hex)
+        op_id = body["operation_id"]
+        answer, last = None, None
+        for dummy in clock(follow, sleep, now=now, pause=pause):
+            try:
+                if answer is None:
+                    answer = self._request("POST", path, body)
+                    if answer.get("changed") is not None:
+                        return answer
+                    continue
+                doc = self.operation(op_id)
+            except AgentApiError as exc:
+                if not exc.transient:
+                    raise
+                last = exc
+                continue
+            if doc.get("status") == "committed":
+                return {"changed": True, "reason": "committed after a delay", "operation": doc,
+                        "release": ((self.status().get("state") or {}).get("release"))}
+            if doc.get("status") == "rejected":
+                raise AgentApiError(409, doc.get("reason") or "the group refused the command",
+                                    {"operation_id": op_id}, url=self.url + path, method="POST")
+            if doc.get("status") == "expired":
+                break
+        if answer is None and last is not None:
+            raise last
+        raise AgentApiError(None, "the command was not committed within %ss (operation %s): the group may have no "
+                            "leader or no quorum; it may still commit. Check the group's status before sending it "
+                            "again" % (follow, op_id), {"operation_id": op_id}, url=self.url + path, method="POST",
+                            transient=False)
 
     def events(self):
         """``GET /v1/events``: the group's bounded transition history, oldest first."""

@@ -48,6 +48,15 @@ options:
       - Only used with O(state=started).
     type: bool
     default: false
+  allow_unreachable:
+    description:
+      - Start the release even though the group's leader has not heard from some members lately (their agent is
+        down or cut off). The release then goes to the reachable members only; the others keep their version.
+      - By default such a start is refused with the names of the missing members, because the release would wait
+        for them and roll the group back.
+      - Only used with O(state=started).
+    type: bool
+    default: false
   wait:
     description:
       - Wait until the release reaches the state asked for.
@@ -306,13 +315,14 @@ class ReleaseTask(object):
                 )
             return True, release
         try:
-            answer = self.client.start_release(version, allow_downgrade)
+            answer = self.client.start_release(version, allow_downgrade, self.params["allow_unreachable"])
         except AgentApiError as exc:
-            if exc.status == 409:
+            if exc.status == 409 and exc.detail.get("state") in FORWARD_STATES + ("paused", "rolling_back"):
                 raise ReleaseFailed(
                     self._conflict_msg(group, version, exc.detail.get("version"), exc.detail.get("state"), exc)
                 )
-            if exc.status == 400:
+            if exc.status in (400, 409) or exc.detail.get("reason") == "mirrors_unavailable":
+                # not published, untrusted manifest, members unreachable, rollback protection, ...
                 raise ReleaseFailed("group %s: cannot start release %s: %s" % (group, version, exc.error))
             raise
         return bool(answer.get("changed")), answer.get("release")
@@ -347,7 +357,7 @@ class ReleaseTask(object):
             raise ReleaseFailed(self._action_refused_msg(group, action, release.get("version"), release.get("state")),
                                 self.status)
         try:
-            answer = self.client.action(action)
+            answer = self.client.action(action, release.get("id"))
         except AgentApiError as exc:
             if exc.status == 409:
                 raise ReleaseFailed(
@@ -470,6 +480,7 @@ def main():
         version=dict(type="str"),
         state=dict(type="str", default="started", choices=["started", "paused", "resumed", "aborted", "retried"]),
         allow_downgrade=dict(type="bool", default=False),
+        allow_unreachable=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="int", default=1800),
         wait_sleep=dict(type="float", default=2),

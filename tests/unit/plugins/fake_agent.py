@@ -53,6 +53,9 @@ class FakeGroup(object):
         self.fail = None  # (host, step, reason): that host fails when its batch rolls
         self.frozen = False  # when True the release never advances
         self.unavailable = 0  # answer 503 to the next N requests
+        self.pending_polls = 0  # answer the next command 202 (pending); it commits after N operation polls
+        self.operations = {}  # operation id -> [polls left, the command to apply]
+        self.committed = set()
 
     # -- helpers -----------------------------------------------------------------
     def record(self, op, frm, to, detail=None):
@@ -148,6 +151,33 @@ class FakeGroup(object):
         self.new_release(version, 1)
         return 201, {"changed": True, "release": copy.deepcopy(self.release)}
 
+    def submit(self, op_id, command):
+        """Run the command now, or (pending_polls > 0) answer 202 and run it after that many polls."""
+        if self.pending_polls and op_id:
+            self.operations[op_id] = [self.pending_polls, command]
+            self.pending_polls = 0
+            return 202, {"changed": None, "operation": {"id": op_id, "status": "pending"},
+                         "release": copy.deepcopy(self.release)}
+        status, answer = command()
+        if op_id and status < 400:
+            self.committed.add(op_id)
+        return status, answer
+
+    def operation(self, op_id):
+        if op_id in self.operations:
+            entry = self.operations[op_id]
+            entry[0] -= 1
+            if entry[0] > 0:
+                return 200, {"id": op_id, "status": "pending"}
+            del self.operations[op_id]
+            status, answer = entry[1]()
+            if status >= 400:
+                return 200, {"id": op_id, "status": "rejected", "reason": answer["error"]}
+            self.committed.add(op_id)
+        if op_id in self.committed:
+            return 200, {"id": op_id, "status": "committed"}
+        return 404, {"error": "operation %r is unknown here" % op_id, "detail": {"operation_id": op_id}}
+
     def action(self, name):
         rel = self.release
         if rel is None:
@@ -217,19 +247,26 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, {"events": copy.deepcopy(group.history)})
             if method == "GET" and self.path == "/metrics":
                 return self._send(200, b"quorum_rollout_up 1\n", "text/plain; version=0.0.4")
+            if method == "GET" and self.path.startswith("/v1/operations/"):
+                return self._send(*group.operation(self.path[len("/v1/operations/"):]))
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                return self._send(400, {"error": "body is not JSON", "detail": {"field": "body"}})
             if method == "POST" and self.path == "/v1/releases":
-                try:
-                    body = json.loads(raw or b"null")
-                except ValueError:
-                    return self._send(400, {"error": "body is not JSON", "detail": {"field": "body"}})
                 if not isinstance(body, dict) or not isinstance(body.get("version"), str) or not body["version"]:
                     return self._send(400, {"error": "version must be a non-empty string",
                                             "detail": {"field": "version"}})
-                return self._send(*group.start(body["version"], bool(body.get("allow_downgrade"))))
+                return self._send(*group.submit(body.get("operation_id"), lambda: group.start(
+                    body["version"], bool(body.get("allow_downgrade")))))
             prefix = "/v1/releases/current/"
             if method == "POST" and self.path.startswith(prefix) and self.path[len(prefix):] in (
                     "pause", "resume", "abort", "retry"):
-                return self._send(*group.action(self.path[len(prefix):]))
+                name = self.path[len(prefix):]
+                if body.get("release") and (group.release or {}).get("id") != body["release"]:
+                    return self._send(409, {"error": "release %r is not the group's latest release" % body["release"],
+                                            "detail": {"state": (group.release or {}).get("state")}})
+                return self._send(*group.submit(body.get("operation_id"), lambda: group.action(name)))
         return self._send(404, {"error": "no such endpoint: %s %s" % (method, self.path),
                                 "detail": {"path": self.path}})
 

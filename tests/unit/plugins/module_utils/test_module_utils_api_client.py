@@ -379,3 +379,41 @@ def test_https_with_ca_path(tls_files):
 def test_unreadable_ca_path_is_an_option_error(tmp_path):
     with pytest.raises(AgentOptionError, match="cannot load ca_path"):
         AgentClient("https://127.0.0.1:1", "t", ca_path=str(tmp_path / "missing.pem"))
+
+
+def test_a_command_answered_202_is_followed_until_it_commits(agent):
+    client = AgentClient(agent.url, agent.token)
+    agent.group.pending_polls = 3
+    answer = client.submit("/v1/releases", {"version": "2.4"}, sleep=0.01)
+    assert answer["changed"] is True and answer["release"]["version"] == "2.4"
+    posts = agent.posts()
+    assert posts == ["/v1/releases"], "sent once: followed by its operation id, never resent blindly"
+    ops = [path for method, path in agent.requests if path.startswith("/v1/operations/")]
+    assert len(ops) == 3 and len(set(ops)) == 1
+
+
+def test_a_pending_command_rejected_later_raises_409(agent):
+    client = AgentClient(agent.url, agent.token)
+    client.start_release("2.4")
+    agent.group.pending_polls = 1
+    with pytest.raises(AgentApiError) as err:
+        client.action("retry")  # refused by the group once it is committed: the release is not rolled back
+    assert err.value.status == 409 and "cannot retry" in str(err.value)
+
+
+def test_a_command_never_committed_names_its_operation(agent):
+    client = AgentClient(agent.url, agent.token)
+    agent.group.pending_polls = 10 ** 6
+    with pytest.raises(AgentApiError) as err:
+        client.submit("/v1/releases", {"version": "2.4"}, follow=0.2, sleep=0.05)
+    assert err.value.status is None and not err.value.transient
+    assert "may still commit" in str(err.value) and err.value.detail["operation_id"] in str(err.value)
+
+
+def test_actions_name_the_release_they_mean(agent):
+    client = AgentClient(agent.url, agent.token)
+    release = client.start_release("2.4")["release"]
+    with pytest.raises(AgentApiError) as err:
+        client.action("pause", "2.4#99")
+    assert err.value.status == 409
+    assert client.action("pause", release["id"])["changed"] is True
