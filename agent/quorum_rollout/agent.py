@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import api, artifacts, install, signing
+from . import api, artifacts, fsm, install, signing
 from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode
 from .log import event, get_logger
 from .operations import Operations
 from .registry import Registry
-from .sources import Sources
+from .sources import Sources, members_of
 from .worker import Worker
 
 log = get_logger("quorum_rollout.agent")
@@ -92,7 +92,8 @@ class Agent:
     # -- used by the API -----------------------------------------------------------------------
 
     def members(self) -> list[str]:
-        return sorted([self.cfg.node_id] + [p.id for p in self.cfg.raft.peers])
+        """The members a release started here covers: the group's membership, leaving ones aside."""
+        return sorted(m for m, rec in members_of(self.node.state, self.cfg).items() if rec["status"] != fsm.LEAVING)
 
     def start_args(self, version: str, *, allow_downgrade: bool, allow_unreachable: bool) -> dict[str, Any]:
         """The arguments of a `start` command proposed by this node."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import artifacts, fsm, signing
 from .group import ProposalError
 from .log import event, get_logger
+from .sources import members_of
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -64,7 +65,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
     node = agent.node
     raft = node.raft_status()
     leader_addr = node.leader_address()
-    by_addr = {p.address: p.id for p in agent.cfg.raft.peers}
+    by_addr = {rec["address"]: m for m, rec in members_of(node.state, agent.cfg).items()}
     by_addr[agent.cfg.raft.address] = agent.cfg.node_id
     return {
         "group": agent.cfg.group,
@@ -88,18 +89,19 @@ def status_document(agent: Agent) -> dict[str, Any]:
 
 
 def members_document(agent: Agent) -> list[dict[str, Any]]:
-    """Every member with its liveness: `reachable` from the committed state (the leader reports
-    members it has not heard from for rollout.member_timeout), `unreachable_since` the wall time
-    of the last contact it reported, `last_contact_seconds` the leader's own live view (null on
-    followers)."""
-    unreachable = agent.node.state.get("unreachable", {})
+    """Every member with its membership status (`active`, `joining`: installing the group's
+    current version, `leaving`) and liveness: `reachable` from the committed state (the leader
+    reports members it has not heard from for rollout.member_timeout), `unreachable_since` the
+    wall time of the last contact it reported, `last_contact_seconds` the leader's own live view
+    (null on followers)."""
+    state = agent.node.state
+    unreachable = state.get("unreachable", {})
     ages = agent.coordinator.contact_ages()
     leader_id = agent.cfg.node_id if ages else None
-    members = [(agent.cfg.node_id, agent.cfg.raft.address)] + [(p.id, p.address) for p in agent.cfg.raft.peers]
-    return [{"id": member, "address": address, "reachable": member not in unreachable,
-             "unreachable_since": unreachable.get(member),
+    return [{"id": member, "address": rec["address"], "api_url": rec["api_url"], "status": rec["status"],
+             "reachable": member not in unreachable, "unreachable_since": unreachable.get(member),
              "last_contact_seconds": 0.0 if member == leader_id else ages.get(member)}
-            for member, address in sorted(members)]
+            for member, rec in sorted(members_of(state, agent.cfg).items())]
 
 
 def metrics_text(agent: Agent) -> str:
@@ -224,6 +226,11 @@ class Handler(BaseHTTPRequestHandler):
             m = re.match(r"^/v1/operations/([^/]+)$", path)
             if method == "GET" and m:
                 return self._operation(m.group(1))
+            if method == "POST" and path == "/v1/members":
+                return self._member_add()
+            m = re.match(r"^/v1/members/([A-Za-z0-9._-]{1,64})$", path)
+            if method == "DELETE" and m:
+                return self._member_remove(m.group(1))
             raise ApiError(404, f"no such endpoint: {method} {path}")
         except ApiError as exc:
             self._error(exc)
@@ -235,6 +242,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -310,6 +320,19 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, {"changed": result["code"] == "accepted", "reason": result["reason"],
                             "operation": operations.document(op_id), "release": release})
 
+    def _member_add(self) -> None:
+        body = self._body(("id", "address", "api_url", "operation_id"))
+        member = {k: body.get(k) for k in ("id", "address", "api_url")}
+        for name, value in member.items():
+            if not isinstance(value, str) or not value:
+                raise ApiError(400, f"{name} is required (the new member's node id, Raft host:port and API URL)",
+                               field=name)
+        self._submit("member_add", body.get("operation_id"), created=True, member=member)
+
+    def _member_remove(self, member: str) -> None:
+        body = self._body(("operation_id",))
+        self._submit("member_remove", body.get("operation_id"), created=False, member=member)
+
     def _operation(self, op_id: str) -> None:
         doc = self.agent.operations.document(op_id)
         if doc["status"] == "unknown":
@@ -323,10 +346,11 @@ class Handler(BaseHTTPRequestHandler):
         if not artifacts.check_peer_auth(agent.secret, self.headers.get("Authorization", ""), "GET",
                                          self.path, time.time()):
             raise ApiError(401, "peer authentication failed (group secret MAC missing, wrong or stale)")
-        release = agent.node.state["release"]
-        artifact = (release or {}).get("artifact") or {}
-        if artifact.get("sha256") != digest:
-            raise ApiError(404, "this digest is not the current release's artifact")
+        state = agent.node.state
+        artifact = next((a for a in ((state["release"] or {}).get("artifact"), state.get("current_artifact"))
+                         if a and a.get("sha256") == digest), None)
+        if artifact is None:
+            raise ApiError(404, "this digest is neither the latest release's artifact nor the group's current one")
         if not agent.uploads.acquire(blocking=False):
             raise ApiError(503, "too many peer uploads in progress; try another holder",
                            limit=agent.cfg.artifacts.max_peer_uploads)

@@ -61,6 +61,7 @@ class RaftConfig:
     secret_file: str
     peers: tuple[Peer, ...] = ()
     compaction_entries: int = 200
+    peers_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -317,20 +318,27 @@ def _raft(top: _Section, node_id: str) -> RaftConfig:
     s = top.sub("raft", top.get("raft", dict, hint="{address: ..., secret_file: ...}"), _fields(RaftConfig))
     address = s.host_port("address")
     peers, ids, addresses = [], {node_id: "node_id"}, {address: "raft.address"}
-    ps, count = s.indexed("peers")
-    for i in range(count):
-        p = ps.sub(i, ps.data[i], _fields(Peer))
-        peer = Peer(id=p.ident("id"), address=p.host_port("address"), api_url=p.url("api_url"))
-        if peer.id in ids:
-            p.fail("id", f"{peer.id!r} is already used by {ids[peer.id]}", "give every node a unique id")
-        if peer.address in addresses:
-            p.fail("address", f"{peer.address!r} is already used by {addresses[peer.address]}",
-                   "list each peer once and never the node itself")
-        ids[peer.id], addresses[peer.address] = f"raft.peers[{i}]", f"raft.peers[{i}]"
-        peers.append(peer)
+    peers_file = s.abspath("peers_file", None)
+    sections = [(s.indexed("peers"), "raft.peers")]
+    if peers_file is not None:  # errors there name the file and `peers[i]`
+        extra = _Section({"peers": _read_data(peers_file, "raft.peers_file")}, "", ("peers",), peers_file)
+        sections.append((extra.indexed("peers"), f"{peers_file}: peers"))
+    for (ps, count), label in sections:
+        for i in range(count):
+            p = ps.sub(i, ps.data[i], _fields(Peer))
+            peer = Peer(id=p.ident("id"), address=p.host_port("address"), api_url=p.url("api_url"))
+            where = f"{label}[{i}]"
+            if peer.id in ids:
+                p.fail("id", f"{peer.id!r} is already used by {ids[peer.id]}", "give every node a unique id")
+            if peer.address in addresses:
+                p.fail("address", f"{peer.address!r} is already used by {addresses[peer.address]}",
+                       "list each peer once and never the node itself")
+            ids[peer.id], addresses[peer.address] = where, where
+            peers.append(peer)
     return RaftConfig(address=address, secret_file=s.abspath("secret_file"), peers=tuple(peers),
                       compaction_entries=s.number("compaction_entries", int, RaftConfig.compaction_entries, 10,
-                                                  fix="use a number of journal entries, 10 or more"))
+                                                  fix="use a number of journal entries, 10 or more"),
+                      peers_file=peers_file)
 
 
 def _api(top: _Section) -> ApiConfig:
@@ -506,6 +514,18 @@ def _construct_unique(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
+
+
+def _read_data(path: str, what: str) -> Any:
+    """A YAML/JSON file another field points to (raft.peers_file): its data, or a ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise ConfigError("", f"{what} does not exist", f"write it (a YAML list of peers) or remove {what}",
+                          path=path) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError("", f"cannot read {what}: {exc}", "check the file", path=path) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:

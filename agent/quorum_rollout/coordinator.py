@@ -32,7 +32,7 @@ from .config import AgentConfig
 from .group import ProposalError
 from .log import event, get_logger
 from .registry import Registry, RegistryError
-from .sources import Sources, clip, failed_step
+from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.coordinator")
 
@@ -153,19 +153,24 @@ class Coordinator:
             self._contact = {}
         newest = state.get("leader_term", 0)
         if newest < term:
-            self._announce(term)
+            self._announce(state, term)
             return  # act only on the state after `lead` committed
         if newest > term:
             return  # a newer leader announced itself: this node is about to learn it lost its term
         self._report_registry(state)
         self._watch_members(state, term)
+        self._reconcile_cluster(state, term)
         release = state["release"]
         if release:
             self._drive(state, release, term)
 
-    def _announce(self, term: int) -> None:
+    def _announce(self, state: dict[str, Any], term: int) -> None:
+        # The first leader of a group seeds the replicated membership from its config.
+        seed = {} if state.get("members") else {
+            m: {"address": rec["address"], "api_url": rec["api_url"]} for m, rec in members_of(state, self.cfg).items()}
         try:
-            result = self.node.propose("lead", op_id=f"lead:{term}:{self.cfg.node_id}", term=term)
+            result = self.node.propose("lead", op_id=f"lead:{term}:{self.cfg.node_id}", term=term,
+                                       **({"members": seed} if seed else {}))
         except ProposalError as exc:
             event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id, term=term,
                   step="lead", cause=str(exc))
@@ -225,16 +230,63 @@ class Coordinator:
         self._propose(release, term, "revert_timeout", f"{release['id']}:revert-timeout:{len(release['rollback'])}",
                       reason=reason)
 
+    # -- membership --------------------------------------------------------------------------
+
+    def _reconcile_cluster(self, state: dict[str, Any], term: int) -> None:
+        """Make the Raft cluster follow the replicated membership, one change per pass: add a
+        member that joined, take out one that is leaving (handing leadership over first when it
+        is this node: a leader cannot remove itself), then commit `member_removed`."""
+        members = state.get("members") or {}
+        if not members:
+            return
+        cluster = self.node.cluster()
+        fields = {"group": self.cfg.group, "node": self.cfg.node_id, "term": term, "step": "membership"}
+        for member, rec in sorted(members.items()):
+            leaving = rec["status"] == fsm.LEAVING
+            if not leaving and rec["address"] not in cluster:
+                change = "add"
+            elif leaving and rec["address"] == self.cfg.raft.address:
+                event(log, "leadership_handed_over", member=member, sent=self.node.hand_over(), **fields)
+                return
+            elif leaving and rec["address"] in cluster:
+                change = "remove"
+            elif leaving:
+                self._propose_group("member_removed", f"member-removed:{member}:{state['seq']}", term, member=member)
+                return
+            else:
+                continue
+            try:
+                self.node.change_cluster(change, rec["address"])
+            except ProposalError as exc:
+                event(log, "cluster_change_failed", level="warning", member=member, change=change, cause=str(exc),
+                      **fields)
+                return
+            event(log, "cluster_changed", member=member, change=change, address=rec["address"], **fields)
+            return
+
+    def _propose_group(self, op: str, op_id: str, term: int, **args: Any) -> None:
+        try:
+            result = self.node.propose(op, op_id=op_id, term=term, **args)
+        except ProposalError as exc:
+            event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id, term=term,
+                  step=op, cause=str(exc))
+            return
+        if result["code"] not in ("accepted", "noop", "duplicate"):
+            event(log, "proposal_rejected", level="warning", group=self.cfg.group, node=self.cfg.node_id, term=term,
+                  step=op, cause=result["reason"])
+
     # -- liveness ----------------------------------------------------------------------------
 
     def _watch_members(self, state: dict[str, Any], term: int) -> None:
         """Commit the set of members this leader has not heard from for rollout.member_timeout."""
         now, committed = self._clock(), state.get("unreachable", {})
-        for peer in self.cfg.raft.peers:
-            if self.node.peer_connected(peer.address):
-                self._contact[peer.id] = now
-            elif peer.id not in self._contact:  # a new leader: members already reported stay unreachable
-                self._contact[peer.id] = -math.inf if peer.id in committed else now
+        members = {m: rec for m, rec in members_of(state, self.cfg).items() if m != self.cfg.node_id}
+        self._contact = {m: t for m, t in self._contact.items() if m in members}
+        for member, rec in members.items():
+            if self.node.peer_connected(rec["address"]):
+                self._contact[member] = now
+            elif member not in self._contact:  # a new leader: members already reported stay unreachable
+                self._contact[member] = -math.inf if member in committed else now
         timeout = self.cfg.rollout.member_timeout
         unreachable = {}
         for member, seen in self._contact.items():
@@ -243,15 +295,9 @@ class Coordinator:
                     else round(self._wall() - (now - seen), 3)
         if set(unreachable) == set(committed):
             return
-        op_id = f"liveness:{term}:{state['seq']}"
-        try:
-            result = self.node.propose("liveness", op_id=op_id, term=term, unreachable=unreachable)
-        except ProposalError as exc:
-            event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id, term=term,
-                  step="liveness", cause=str(exc))
-            return
         event(log, "members_liveness", level="warning" if unreachable else "info", group=self.cfg.group,
-              node=self.cfg.node_id, term=term, unreachable=sorted(unreachable), outcome=result["code"])
+              node=self.cfg.node_id, term=term, unreachable=sorted(unreachable))
+        self._propose_group("liveness", f"liveness:{term}:{state['seq']}", term, unreachable=unreachable)
 
     def contact_ages(self) -> dict[str, float | None]:
         """Seconds since this leader last had a live link to each member (None: never, or not leader)."""

@@ -40,6 +40,11 @@ STATES = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING, CURRENT, ROLLING_BACK, ROL
 TERMINAL = frozenset({CURRENT, ROLLED_BACK, ABORTED})
 FORWARD = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING)  # states a release can be paused in
 
+# Member statuses (state["members"][id]["status"]).
+ACTIVE = "active"            # a full member
+JOINING = "joining"          # added; installs the group's current version before it counts as up to date
+LEAVING = "leaving"          # being removed; the leader takes it out of the Raft cluster
+
 # Host statuses inside a release.
 PENDING = "pending"          # not touched yet
 UPDATED = "updated"          # runs the new version, checks passed
@@ -98,6 +103,8 @@ def initial_state(group: str) -> dict[str, Any]:
         "leader_term": 0,          # newest Raft term a leader announced (`lead`) or acted in: the fence
         "leader": None,            # {"node", "term", "since"} of the announced leader
         "unreachable": {},         # member -> wall time of its last contact, as the leader reported it
+        "members": {},             # node id -> {address, api_url, status, since}: the group's membership
+        "current_artifact": None,  # the artifact of current_version (a joining member installs it)
         "seq": 0,
         "history": [],
         "rejected": [],
@@ -296,6 +303,10 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     if highest and compare_versions(version, highest) < 0 and not allow_downgrade:
         return Outcome("invalid", f"version {version} is lower than {highest}, the highest the group ran "
                        "(rollback protection); ask for allow_downgrade to go back on purpose")
+    leaving = sorted(m for m, rec in state.get("members", {}).items() if rec["status"] == LEAVING)
+    if leaving:
+        return Outcome("conflict", f"member(s) {', '.join(leaving)} are being removed from the group; start the "
+                       "release once the removal is done")
     unreachable = sorted(m for m in members if m in state.get("unreachable", {}))
     if unreachable and not allow_unreachable:
         return Outcome("conflict", f"member(s) {', '.join(unreachable)} not heard from by the leader: a release "
@@ -484,6 +495,10 @@ def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release, refused = _leader_release(state, cmd, (VERIFIED,), "open_batch: release not verified")
     if release is None:
         return refused  # type: ignore[return-value]
+    joining = joining_members(state, release["members"])
+    if joining:
+        return Outcome("conflict", f"open_batch: waiting for {', '.join(joining)} to finish joining "
+                       f"(installing {state['current_version'] or 'nothing'})")
     release["state"], release["batch"] = ROLLING, 0
     release["step_started_at"] = cmd.get("time")
     _record(state, cmd, VERIFIED, f"batch 1 of {len(release['batches'])}")
@@ -512,6 +527,12 @@ def _lead(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     if fenced:
         return fenced
     state["leader"] = {"node": actor, "term": term, "since": cmd.get("time")}
+    seed = cmd.get("members")
+    if seed and not state.get("members"):
+        records = _member_records(seed)
+        if records is None:
+            return Outcome("invalid", "lead: members must map node ids to {address, api_url}")
+        state["members"] = {m: {**rec, "status": ACTIVE, "since": cmd.get("time")} for m, rec in records.items()}
     release = state["release"]
     _record(state, cmd, release["state"] if release else None, f"{actor} leads in term {term}", touch=False)
     return Outcome("accepted")
@@ -541,6 +562,125 @@ def _liveness(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     detail = "; ".join(part for part in (f"unreachable: {', '.join(lost)}" if lost else "",
                                          f"reachable again: {', '.join(back)}" if back else "") if part)
     _record(state, cmd, release["state"] if release else None, detail, touch=False)
+    return Outcome("accepted")
+
+
+# --- membership ------------------------------------------------------------------------------
+
+_MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def joining_members(state: dict[str, Any], among: list[str] | None = None) -> list[str]:
+    """Members still joining (of `among`, when given): a release opens no batch until they are active."""
+    return sorted(m for m, rec in state.get("members", {}).items()
+                  if rec["status"] == JOINING and (among is None or m in among))
+
+
+def _member_records(data: Any) -> dict[str, dict[str, str]] | None:
+    """{id: {address, api_url}} checked for shape, or None."""
+    if not isinstance(data, dict) or not 0 < len(data) <= MEMBERS_LIMIT:
+        return None
+    records = {}
+    for member, rec in data.items():
+        if not isinstance(member, str) or not _MEMBER_ID_RE.match(member) or not isinstance(rec, dict):
+            return None
+        address, url = rec.get("address"), rec.get("api_url")
+        if not (isinstance(address, str) and 0 < len(address) <= 255 and ":" in address
+                and isinstance(url, str) and 0 < len(url) <= 255 and url.startswith(("http://", "https://"))):
+            return None
+        records[member] = {"address": address, "api_url": url}
+    return records
+
+
+def _membership_busy(state: dict[str, Any]) -> Outcome | None:
+    """Membership changes happen one at a time, and never while a release is under way."""
+    release = state["release"]
+    if release and release["state"] not in TERMINAL:
+        return Outcome("conflict", f"release {release['id']} is in progress ({release['state']}): membership "
+                       "changes wait until it ends (or abort it first)")
+    busy = sorted(m for m, rec in state.get("members", {}).items() if rec["status"] != ACTIVE)
+    if busy:
+        return Outcome("conflict", f"member {busy[0]} is still {state['members'][busy[0]]['status']}: one "
+                       "membership change at a time")
+    return None
+
+
+def _member_add(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """An operator adds a member: it joins (installs the group's current version), then counts."""
+    data = cmd["member"]
+    records = _member_records({data.get("id"): data} if isinstance(data, dict) else None)
+    if records is None:
+        return Outcome("invalid", "member_add: member must be {id, address (host:port), api_url (http(s)://...)}")
+    (member, rec), = records.items()
+    members = state.get("members", {})
+    if member in members:
+        if members[member]["address"] == rec["address"] and members[member]["api_url"] == rec["api_url"]:
+            return Outcome("noop", f"{member} is already a member ({members[member]['status']})")
+        return Outcome("conflict", f"{member} is a member with another address ({members[member]['address']}); "
+                       "remove it first")
+    clash = [m for m, r in members.items() if r["address"] == rec["address"] or r["api_url"] == rec["api_url"]]
+    if clash:
+        return Outcome("conflict", f"{clash[0]} already uses {rec['address']} or {rec['api_url']}")
+    busy = _membership_busy(state)
+    if busy:
+        return busy
+    state["members"] = {**members, member: {**rec, "status": JOINING, "since": cmd.get("time")}}
+    release = state["release"]
+    _record(state, cmd, release["state"] if release else None, f"{member} joins at {rec['address']}", touch=False)
+    return Outcome("accepted")
+
+
+def _member_ready(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A joining member runs the group's current version (verified): it is a full member now."""
+    member, version = cmd["host"], cmd.get("version")
+    rec = state.get("members", {}).get(member)
+    if rec is None or rec["status"] != JOINING:
+        return Outcome("invalid", f"member_ready: {member} is not joining")
+    if version != state["current_version"]:
+        return Outcome("invalid", f"member_ready: {member} runs {version}, the group runs {state['current_version']}")
+    rec["status"], rec["since"] = ACTIVE, cmd.get("time")
+    release = state["release"]
+    _record(state, cmd, release["state"] if release else None,
+            f"{member} joined (runs {version or 'nothing yet'})", touch=False)
+    return Outcome("accepted")
+
+
+def _member_remove(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """An operator removes a member (it need not answer: a dead host can be removed)."""
+    member = cmd["member"]
+    if not isinstance(member, str):
+        return Outcome("invalid", "member_remove: member must be a node id")
+    members = state.get("members", {})
+    if member not in members:
+        return Outcome("noop", f"{member} is not a member")
+    if members[member]["status"] == LEAVING:
+        return Outcome("noop", f"{member} is already being removed")
+    busy = _membership_busy(state)
+    if busy:
+        return busy
+    if len(members) == 1:
+        return Outcome("conflict", f"{member} is the group's last member")
+    members[member]["status"], members[member]["since"] = LEAVING, cmd.get("time")
+    release = state["release"]
+    _record(state, cmd, release["state"] if release else None, f"{member} leaves", touch=False)
+    return Outcome("accepted")
+
+
+def _member_removed(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The leader took a leaving member out of the Raft cluster: forget it."""
+    member = cmd["member"]
+    if not isinstance(member, str):
+        return Outcome("invalid", "member_removed: member must be a node id")
+    rec = state.get("members", {}).get(member)
+    if rec is None or rec["status"] != LEAVING:
+        return Outcome("invalid", f"member_removed: {member} is not leaving")
+    fenced = _fence(state, cmd)
+    if fenced:
+        return fenced
+    del state["members"][member]
+    state["unreachable"] = {m: t for m, t in state.get("unreachable", {}).items() if m != member}
+    release = state["release"]
+    _record(state, cmd, release["state"] if release else None, f"{member} removed", touch=False)
     return Outcome("accepted")
 
 
@@ -619,6 +759,7 @@ def _advance(state: dict[str, Any], cmd: dict[str, Any]) -> None:
             continue
         release["state"] = CURRENT
         state["current_version"] = release["version"]
+        state["current_artifact"] = {**release["artifact"], "version": release["version"], "since": cmd.get("time")}
         highest = state["highest_version"]
         if highest is None or compare_versions(release["version"], highest) > 0:
             state["highest_version"] = release["version"]
@@ -686,5 +827,9 @@ _HANDLERS = {
     "revert_timeout": _revert_timeout,
     "lead": _lead,
     "liveness": _liveness,
+    "member_add": _member_add,
+    "member_ready": _member_ready,
+    "member_remove": _member_remove,
+    "member_removed": _member_removed,
 }
 OPS = tuple(sorted(_HANDLERS))

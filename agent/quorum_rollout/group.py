@@ -150,10 +150,54 @@ class GroupNode(SyncObj):
         leader = self._getLeader()
         return leader.address if leader is not None else None
 
+    def _node(self, address: str) -> TCPNode:
+        node = self._peer_nodes.get(address)
+        if node is None:
+            node = self._peer_nodes.setdefault(address, TCPNode(address))
+        return node
+
     def peer_connected(self, address: str) -> bool:
         """Whether this node's Raft link to the peer is up (for the leader: the peer answers)."""
-        node = self._peer_nodes.get(address)
-        return node is not None and bool(self.isNodeConnected(node))
+        return bool(self.isNodeConnected(self._node(address)))
+
+    def cluster(self) -> set[str]:
+        """Raft addresses of the cluster as this node knows it (itself included)."""
+        return {n.address for n in self.otherNodes} | {self.selfNode.address}
+
+    def change_cluster(self, change: str, address: str, timeout: float = 10.0) -> None:
+        """Add or remove one member of the Raft cluster (pysyncobj dynamic membership: one change
+        at a time, committed like a command) and wait for the outcome. Leader only; never call
+        from a pysyncobj callback. Raises ProposalError."""
+        done, outcome = threading.Event(), {}
+
+        def callback(_result: Any, error: int) -> None:
+            outcome["error"] = error
+            done.set()
+
+        if change == "add":
+            self.addNodeToCluster(self._node(address), callback=callback)
+        elif change == "remove":
+            self.removeNodeFromCluster(self._node(address), callback=callback)
+        else:
+            raise ValueError(f"unknown cluster change {change!r}")
+        if not done.wait(timeout):
+            raise ProposalError(f"cluster {change} {address} not committed: Timeout")
+        if outcome["error"] != FAIL_REASON.SUCCESS:
+            names = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
+            raise ProposalError(f"cluster {change} {address} not committed: {names.get(outcome['error'])}",
+                                definitive=outcome["error"] in _DEFINITIVE)
+
+    def hand_over(self) -> bool:
+        """Ask pysyncobj to transfer leadership to the most caught-up follower (before this
+        node is removed: a leader cannot remove itself). True when the request was sent."""
+        done, outcome = threading.Event(), {}
+
+        def callback(_result: Any, error: int) -> None:
+            outcome["error"] = error
+            done.set()
+
+        self.transferLeadership(callback=callback)
+        return done.wait(5.0) and outcome.get("error") == FAIL_REASON.SUCCESS
 
     def raft_status(self) -> dict[str, Any]:
         status = self.getStatus()

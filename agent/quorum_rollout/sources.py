@@ -45,6 +45,16 @@ def failed_step(exc: BaseException, default: str) -> str:
     return default
 
 
+def members_of(state: dict[str, Any], cfg: AgentConfig) -> dict[str, dict[str, Any]]:
+    """The group's members (node id -> {address, api_url, status}): the replicated membership, or,
+    before the first leader seeded it, this node's config (itself and its configured peers)."""
+    members = state.get("members") or {}
+    if members:
+        return members
+    return {cfg.node_id: {"address": cfg.raft.address, "api_url": cfg.api.url, "status": "active"},
+            **{p.id: {"address": p.address, "api_url": p.api_url, "status": "active"} for p in cfg.raft.peers}}
+
+
 @dataclass(frozen=True)
 class Sources:
     cfg: AgentConfig
@@ -54,29 +64,47 @@ class Sources:
 
     def verify_committed(self, state: dict[str, Any], release: dict[str, Any]) -> signing.Manifest:
         """Every node verifies the committed manifest with its own trusted keys before using it."""
+        return self._verify(state, release["artifact"]["manifest"], release["version"],
+                            allow_downgrade=release["allow_downgrade"], now=time.time())
+
+    def verify_current(self, state: dict[str, Any]) -> signing.Manifest:
+        """The manifest of the version the group runs (what a joining member installs), verified
+        with this node's keys as of the time the group completed it: an expiry that passed since
+        does not stop a new member from running what the group already runs."""
+        current = state["current_artifact"]
+        return self._verify(state, current["manifest"], current["version"], allow_downgrade=True,
+                            now=current.get("since") or time.time())
+
+    def _verify(self, state: dict[str, Any], manifest: str, version: str, *, allow_downgrade: bool,
+                now: float) -> signing.Manifest:
         cfg = self.cfg
         return signing.verify_manifest(
-            release["artifact"]["manifest"].encode(), self.policy, now=time.time(), name=cfg.artifacts.name,
-            version=release["version"], group=cfg.group, max_bytes=cfg.artifacts.max_manifest_bytes,
-            highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"])
+            manifest.encode(), self.policy, now=now, name=cfg.artifacts.name, version=version, group=cfg.group,
+            max_bytes=cfg.artifacts.max_manifest_bytes, highest_version=state["highest_version"],
+            allow_downgrade=allow_downgrade)
 
-    def holders(self, release: dict[str, Any], exclude: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-        """(node id, API URL) of the members that announced the file, in this node's rendezvous
+    def holders(self, state: dict[str, Any], names: list[str], exclude: tuple[str, ...] = ()
+                ) -> list[tuple[str, str]]:
+        """(node id, API URL) of the members `names` that hold the file, in this node's rendezvous
         order: each member tries the holders in its own pseudo-random order, so the group's
         downloads spread over every holder (a busy holder answers 503 and the next is tried)."""
-        urls = {p.id: p.api_url for p in self.cfg.raft.peers}
-        return sorted(((h, urls[h]) for h in release["holders"] if h in urls and h not in exclude),
+        urls = {m: rec["api_url"] for m, rec in members_of(state, self.cfg).items() if m != self.cfg.node_id}
+        return sorted(((h, urls[h]) for h in names if h in urls and h not in exclude),
                       key=lambda holder: hashlib.sha256(f"{self.cfg.node_id}/{holder[0]}".encode()).digest())
 
     def ensure_artifact(self, state: dict[str, Any], release: dict[str, Any], *, deadline: float | None = None,
                         cancel: threading.Event | None = None) -> tuple[signing.Manifest, Path]:
-        """Verify the committed manifest, then make sure the file is in our store: from a member
-        that holds it, else from the mirrors. Raises TrustError or ArtifactError."""
-        manifest = self.verify_committed(state, release)
+        """Verify the release's committed manifest, then make sure the file is in our store: from a
+        member that holds it, else from the mirrors. Raises TrustError or ArtifactError."""
+        return self.ensure(self.verify_committed(state, release), self.holders(state, release["holders"]),
+                           deadline=deadline, cancel=cancel)
+
+    def ensure(self, manifest: signing.Manifest, holders: list[tuple[str, str]], *, deadline: float | None = None,
+               cancel: threading.Event | None = None) -> tuple[signing.Manifest, Path]:
+        """The verified `manifest`'s file in our store: already here, from a holder, else from the mirrors."""
         if self.store.has(manifest.sha256, manifest.size):
             return manifest, self.store.path(manifest.sha256)
         from_peers = ""
-        holders = self.holders(release)
         if holders:
             try:
                 path, _source = artifacts.fetch_from_peers(holders, manifest, self.store, self.secret,

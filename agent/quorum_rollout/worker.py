@@ -19,7 +19,7 @@ from . import artifacts, checks, fsm, housekeeping, install, signing
 from .config import AgentConfig
 from .group import ProposalError
 from .log import event, get_logger
-from .sources import Sources, clip, failed_step
+from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.worker")
 
@@ -48,6 +48,9 @@ class Worker:
     def step(self) -> None:
         state = self.node.state
         release = state["release"]
+        if (state.get("members") or {}).get(self.host, {}).get("status") == fsm.JOINING:
+            self._join(state)
+            return
         if release and release["state"] in fsm.TERMINAL:
             self._prune(release)
             return
@@ -71,6 +74,49 @@ class Worker:
             ok, step, reason = False, exc.step, clip(exc.reason)
             event(log, f"{phase}_failed", level="error", step=step, cause=reason, **fields)
         self._report(release, phase, op_id, ok, step, reason, fields)
+
+    # -- joining -------------------------------------------------------------------------------
+
+    def _join(self, state: dict[str, Any]) -> None:
+        """A new member runs the group's current version before it counts: the committed
+        artifact, fetched from an active member (else a mirror), verified with this node's keys,
+        installed, switched to, restarted and checked like any update; then `member_ready`."""
+        version = state["current_version"]
+        op_id = f"join:{self.host}:{version}:{state['members'][self.host]['since']}"
+        if op_id in self._reported:
+            return
+        fields = {"group": self.cfg.group, "release": None, "node": self.host, "host": self.host, "step": "join"}
+        if version is not None and install.current_version(self.root) != version:
+            event(log, "join_started", version=version, **fields)
+            try:
+                manifest = self.sources.verify_current(state)
+                active = [m for m, rec in state["members"].items() if rec["status"] == fsm.ACTIVE]
+                _manifest, path = self.sources.ensure(manifest, self.sources.holders(state, active),
+                                                      deadline=time.monotonic() + self.cfg.rollout.step_deadline)
+                signing.verify_file(path, manifest)
+                install.install_release(self.root, version, path,
+                                        free_space_margin=self.cfg.artifacts.free_space_margin)
+                install.activate(self.root, version)
+            except (signing.TrustError, artifacts.ArtifactError, install.InstallError, OSError) as exc:
+                event(log, "join_failed", level="error", cause=clip(str(exc), 1000),
+                      failed_step=failed_step(exc, "install"), version=version, **fields)
+                return  # tried again on the next pass; status shows the member as joining
+            event(log, "activated", version=version, **fields)
+        try:
+            if version is not None:
+                self._restart(version, fields)
+                self._checks(version, fields)
+        except StepFailed as exc:
+            event(log, "join_failed", level="error", cause=clip(exc.reason, 1000), failed_step=exc.step,
+                  version=version, **fields)
+            return
+        try:
+            result = self.node.propose("member_ready", op_id=op_id, host=self.host, version=version)
+        except ProposalError as exc:
+            event(log, "report_retry", level="warning", cause=str(exc), **fields)
+            return
+        self._reported.add(op_id)
+        event(log, "joined", version=version, outcome=result["code"], **fields)
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -119,7 +165,7 @@ class Worker:
         except signing.TrustError as exc:
             event(log, "prefetch_refused", level="warning", cause=str(exc)[:500], **fields)
             return
-        urls = {p.id: p.api_url for p in self.cfg.raft.peers}
+        urls = {m: rec["api_url"] for m, rec in members_of(state, self.cfg).items() if m != self.host}
         chain = [release["source"]] + [h for b in release["batches"] for h in b if h != release["source"]]
         before = chain[:chain.index(self.host)] if self.host in chain else chain
         upstream = [h for h in reversed(before) if h in urls]

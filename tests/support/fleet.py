@@ -101,6 +101,9 @@ class Host:
     def post(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
         return requests.post(self.api_url + path, json=body, headers=self.fleet.auth, timeout=10, **kw)
 
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return requests.delete(self.api_url + path, headers=self.fleet.auth, timeout=10, **kw)
+
     def status(self) -> dict[str, Any]:
         resp = self.get()
         resp.raise_for_status()

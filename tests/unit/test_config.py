@@ -322,6 +322,24 @@ def test_read_token_refusals(tmp_path: Path) -> None:
         C.read_token(tmp_path)
 
 
+def test_peers_file_adds_peers_and_names_itself_in_errors(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.yml"
+    peers.write_text(yaml.safe_dump([{"id": "web-04", "address": "10.0.0.4:7100", "api_url": "http://10.0.0.4:7200"}]))
+    data = base()
+    data["raft"]["peers_file"] = str(peers)
+    cfg = load(tmp_path, data)
+    assert [p.id for p in cfg.raft.peers] == ["web-02", "web-03", "web-04"] and cfg.raft.peers_file == str(peers)
+    peers.write_text(yaml.safe_dump([{"id": "web-02", "address": "10.0.0.9:7100", "api_url": "http://10.0.0.9:7200"}]))
+    err = error(tmp_path, data)
+    assert err.path == str(peers) and "already used by raft.peers[0]" in str(err), str(err)
+    peers.write_text(yaml.safe_dump([{"id": "web-05", "adress": "10.0.0.5:7100"}]))
+    err = error(tmp_path, data)
+    assert err.path == str(peers) and err.field == "peers[0].adress" and "unknown key" in str(err), str(err)
+    peers.unlink()
+    err = error(tmp_path, data)
+    assert "raft.peers_file does not exist" in str(err) and err.path == str(peers)
+
+
 # ----------------------------------------------------------------------------- log.py
 
 @pytest.fixture()

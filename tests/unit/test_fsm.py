@@ -913,6 +913,94 @@ def test_stale_liveness_is_fenced():
     assert g.state["unreachable"] == {}
 
 
+def member(n: int) -> dict:
+    return {"id": f"h{n:02d}", "address": f"10.0.0.{n}:7100", "api_url": f"http://10.0.0.{n}:7200"}
+
+
+def seeded(n: int = 3) -> Group:
+    g = Group()
+    g.do("lead", term=1, actor="h00", members={m["id"]: {k: m[k] for k in ("address", "api_url")}
+                                               for m in map(member, range(n))})
+    return g
+
+
+def test_the_first_leader_seeds_the_membership_from_its_config():
+    g = seeded(3)
+    assert sorted(g.state["members"]) == ["h00", "h01", "h02"]
+    assert {rec["status"] for rec in g.state["members"].values()} == {"active"}
+    g.do("lead", term=2, actor="h01", members={"zz": {"address": "1.2.3.4:1", "api_url": "http://x"}})
+    assert "zz" not in g.state["members"], "a later leader's config never overrides the replicated membership"
+
+
+def test_a_joining_member_holds_the_first_batch_until_it_runs_the_current_version():
+    g = seeded(3)
+    g.release_fully("2.4", members=hosts(3))
+    g.do("member_add", member=member(3))
+    assert g.state["members"]["h03"]["status"] == "joining"
+    assert g.state["history"][-1]["detail"] == "h03 joins at 10.0.0.3:7100"
+    g.start("2.5", members=hosts(4))
+    g.downloaded()
+    g.verified()
+    out = g.open_batch(expect="conflict")
+    assert "waiting for h03" in out.reason and g.release["state"] == VERIFIED
+    g.do("member_ready", "invalid", host="h03", version="2.3", actor="h03")  # not what the group runs
+    g.do("member_ready", host="h03", version="2.4", actor="h03")
+    assert g.state["members"]["h03"]["status"] == "active"
+    g.open_batch()
+    assert g.release["state"] == ROLLING
+
+
+def test_membership_changes_wait_for_the_release_and_go_one_at_a_time():
+    g = seeded(3)
+    g.start(members=hosts(3))
+    out = g.do("member_add", "conflict", member=member(3))
+    assert "in progress" in out.reason and "h03" not in g.state["members"]
+    g.do("member_remove", "conflict", member="h01")
+    g.do("abort")
+    g.do("member_add", member=member(3))
+    out = g.do("member_add", "conflict", member=member(4))
+    assert "h03 is still joining" in out.reason
+    g.do("member_add", "noop", member=member(3))
+    g.do("member_remove", "conflict", member="h01")
+
+
+def test_a_member_is_removed_in_two_steps_and_its_liveness_forgotten():
+    g = seeded(3)
+    g.do("liveness", unreachable={"h02": 5.0})
+    g.do("member_remove", member="h02")
+    assert g.state["members"]["h02"]["status"] == "leaving"
+    g.start(members=["h00", "h01"], expect="conflict")  # a removal in progress
+    g.do("member_removed", "invalid", member="h02", term=0)  # a stale leader
+    g.do("member_removed", member="h02")
+    assert "h02" not in g.state["members"] and g.state["unreachable"] == {}
+    g.do("member_remove", "noop", member="h02")
+    g.start(members=["h00", "h01"])
+
+
+@pytest.mark.parametrize("bad", [None, {"id": "h09"}, {"id": "../x", "address": "1:2", "api_url": "http://x"},
+                                 {"id": "h09", "address": "nocolon", "api_url": "http://x"},
+                                 {"id": "h09", "address": "1.2.3.4:5", "api_url": "ftp://x"}])
+def test_malformed_member_is_rejected(bad):
+    g = seeded(2)
+    g.do("member_add", "invalid", member=bad)
+    assert sorted(g.state["members"]) == ["h00", "h01"]
+
+
+def test_address_clash_and_last_member():
+    g = seeded(2)
+    g.do("member_add", "conflict", member={**member(5), "address": "10.0.0.1:7100"})
+    g.do("member_remove", member="h01")
+    g.do("member_removed", member="h01")
+    g.do("member_remove", "conflict", member="h00")
+
+
+def test_a_current_release_records_the_artifact_joining_members_install():
+    g = seeded(2)
+    g.release_fully("2.4", members=hosts(2))
+    assert g.state["current_artifact"]["sha256"] == ARTIFACT["sha256"]
+    assert g.state["current_artifact"]["version"] == "2.4"
+
+
 @pytest.mark.parametrize("term", ["7", 7.0, 7.5, True, -1, float("inf"), float("nan"), [7], {"t": 7}])
 def test_malformed_term_is_rejected(term):
     g = Group()
@@ -1261,6 +1349,15 @@ class FsmMachine(RuleBasedStateMachine):
             args = {"release": self._release_id(data), "reason": data.draw(maybe(st.just("deadline")))}
         elif op == "abort":
             args = {"reason": data.draw(maybe(st.none()))}
+        elif op == "member_add":
+            n = data.draw(st.integers(0, 5))
+            args = {"member": data.draw(maybe(st.just({"id": f"h{n:02d}", "address": f"10.0.0.{n}:7100",
+                                                       "api_url": f"http://10.0.0.{n}:7200"})))}
+        elif op in ("member_remove", "member_removed"):
+            args = {"member": data.draw(maybe(st.sampled_from(sorted(self.state["members"]) or ["h00"])))}
+        elif op == "member_ready":
+            args = {"host": data.draw(maybe(st.sampled_from(sorted(self.state["members"]) or ["h00"]))),
+                    "version": self.state["current_version"]}
         elif op == "liveness":
             members = rel["members"] if rel else hosts(3)
             args = {"unreachable": data.draw(maybe(st.dictionaries(st.sampled_from(members), st.just(1.0),
@@ -1414,6 +1511,12 @@ class FsmMachine(RuleBasedStateMachine):
             term = 0 if cmd.get("term") is None else cmd["term"]
             assert term >= old["leader_term"] and new["leader_term"] == term
         assert new["leader_term"] >= old["leader_term"], "the newest leader term never goes back"
+        # membership: one change at a time, never while a release is under way
+        assert sum(rec["status"] != "active" for rec in new["members"].values()) <= 1
+        if op in ("member_add", "member_remove") and outcome.code == "accepted":
+            assert old_rel is None or old_rel["state"] in fsm.TERMINAL
+        if new_rel is not None and new_rel["state"] == ROLLING and (old_rel or {}).get("state") == VERIFIED:
+            assert not fsm.joining_members(new, new_rel["members"]), "a batch opened while a member was joining"
         # while paused, reports are recorded but nothing moves on (only a failure may start a rollback)
         if old_rel is not None and old_rel["state"] == PAUSED and new_rel["id"] == old_rel["id"]:
             if new_rel["state"] == PAUSED:
