@@ -198,7 +198,11 @@ def cmd_service(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGKILL)
         _pidfile(cfg).unlink(missing_ok=True)
         pid = None
+        if args.action == "stop":
+            print("stopped")
+            return 0
     if args.action == "stop":
+        print("not running")
         return 0
     if pid:
         print(f"already running (pid {pid})")

@@ -175,11 +175,20 @@ class AgentClient(object):
         body = {"release": to_text(release_id)} if release_id else {}
         return self.submit("/v1/releases/current/%s" % name, body)
 
+    def add_member(self, member_id, address, api_url):
+        """``POST /v1/members``: add a member to the group (it joins, then counts)."""
+        return self.submit("/v1/members", {"id": to_text(member_id), "address": to_text(address),
+                                           "api_url": to_text(api_url)})
+
+    def remove_member(self, member_id):
+        """``DELETE /v1/members/<id>``: remove a member (it need not answer)."""
+        return self.submit("/v1/members/%s" % to_text(member_id), {}, method="DELETE")
+
     def operation(self, op_id):
         """``GET /v1/operations/<id>``: committed, rejected, pending, expired (or 404 unknown)."""
         return self._request("GET", "/v1/operations/%s" % op_id)
 
-    def submit(self, path, body, follow=60, sleep=1.0, now=time.monotonic, pause=time.sleep):
+    def submit(self, path, body, follow=60, sleep=1.0, now=time.monotonic, pause=time.sleep, method="POST"):
         """POST a command with an operation id of its own and return the agent's answer.
 
         The id makes the command idempotent, so a POST whose answer was lost (no answer, 502/504,
@@ -195,7 +204,7 @@ class AgentClient(object):
         for dummy in clock(follow, sleep, now=now, pause=pause):
             try:
                 if answer is None:
-                    answer = self._request("POST", path, body)
+                    answer = self._request(method, path, body)
                     if answer.get("changed") is not None:
                         return answer
                     continue
@@ -210,14 +219,14 @@ class AgentClient(object):
                         "release": ((self.status().get("state") or {}).get("release"))}
             if doc.get("status") == "rejected":
                 raise AgentApiError(409, doc.get("reason") or "the group refused the command",
-                                    {"operation_id": op_id}, url=self.url + path, method="POST")
+                                    {"operation_id": op_id}, url=self.url + path, method=method)
             if doc.get("status") == "expired":
                 break
         if answer is None and last is not None:
             raise last
         raise AgentApiError(None, "the command was not committed within %ss (operation %s): the group may have no "
                             "leader or no quorum; it may still commit. Check the group's status before sending it "
-                            "again" % (follow, op_id), {"operation_id": op_id}, url=self.url + path, method="POST",
+                            "again" % (follow, op_id), {"operation_id": op_id}, url=self.url + path, method=method,
                             transient=False)
 
     def events(self):

@@ -115,6 +115,16 @@ node:
       type: dict
       returned: success
       sample: {ok: true, error: null}
+members:
+  description:
+    - Every member of the group with its membership status (V(active), V(joining), V(leaving)) and liveness
+      (see C(docs/api.md), C(members)).
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - {id: h1, address: "10.0.0.1:7100", api_url: "http://10.0.0.1:7200", status: active, reachable: true,
+       unreachable_since: null, last_contact_seconds: null}
 state:
   description: The group's replicated state.
   returned: success
@@ -219,6 +229,7 @@ def main():
         changed=False,
         group=status.get("group") or state.get("group"),
         node=status.get("node"),
+        members=status.get("members") or [],
         state=state,
         release=state.get("release"),
     )

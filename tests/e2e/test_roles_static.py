@@ -111,21 +111,24 @@ def test_config_template_passes_check_config(tmp_path: Path) -> None:
     for name, extra in (("full", BASE_VARS), ("single", single)):
         work = tmp_path / name
         work.mkdir()
-        proc = _render(work, extra, {"agent.yml.j2": "agent.yml"})
+        proc = _render(work, {**extra, "quorum_rollout_config_dir": str(work)},
+                       {"peers.yml.j2": "peers.yml", "agent.yml.j2": "agent.yml"})
         assert proc.returncode == 0, proc.stdout + proc.stderr
         check = subprocess.run([PY, "-m", "quorum_rollout", "check-config", str(work / "agent.yml")],
                                capture_output=True, text=True, check=False)
         assert check.returncode == 0, (work / "agent.yml").read_text() + check.stderr
         cfg = yaml.safe_load((work / "agent.yml").read_text())
         assert cfg["group"] == "intel-eu1a"
+        assert cfg["raft"]["peers_file"] == str(work / "peers.yml") and "peers" not in cfg["raft"]
+        peers = yaml.safe_load((work / "peers.yml").read_text())
         if name == "full":
-            assert [p["id"] for p in cfg["raft"]["peers"]] == ["web-02"]
+            assert [p["id"] for p in peers] == ["web-02"]
             assert cfg["artifacts"]["trusted_keys"][0]["public_key"].startswith("3q2+")
             assert cfg["install"]["hooks"] == {"restart": "systemctl restart 'demo app'", "timeout": 60.0}
             assert cfg["api"]["tls_cert"] == "/etc/quorum-rollout/tls/cert.pem"
             assert cfg["rollout"]["canary"] is True
         else:
-            assert cfg["raft"]["peers"] == [] and cfg["checks"] == [] and cfg["install"]["hooks"] == {"timeout": 60.0}
+            assert peers == [] and cfg["checks"] == [] and cfg["install"]["hooks"] == {"timeout": 60.0}
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed "

@@ -5,13 +5,15 @@
     hosts/<host>.json       where each host's agent answers: group, API URL, token file
                             (read by playbooks/release.yml and playbooks/status.yml)
 
-    controller_state.py DIR [--check] < MEMBERS_JSON
+    controller_state.py DIR [--check] < {"members": [...], "absent": [...]}
 
-MEMBERS_JSON (on stdin) is a list of {host, id, group, api_url, config_file, install_root}. Secrets and
+`members` (on stdin) lists the hosts that are members: {host, id, group, api_url, config_file,
+install_root}; `absent` the names of hosts removed from their group (quorum_rollout_state=absent),
+whose endpoint records are deleted (their token stays, should they come back). Secrets and
 tokens that exist are never changed (rotate them by deleting the file and running site.yml);
 endpoint records are rewritten when they differ. With --check nothing is written. Prints one
-JSON object {"changed": bool, "created": [...], "updated": [...]} with paths only, never a
-secret. Standard library only; runs with the controller's Python.
+JSON object {"changed": bool, "created": [...], "updated": [...], "removed": [...]} with paths
+only, never a secret. Standard library only; runs with the controller's Python.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ def main() -> int:
     if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "--check"):
         raise SystemExit(__doc__)
     base, check = Path(sys.argv[1]), len(sys.argv) == 3
-    members = json.load(sys.stdin)
+    given = json.load(sys.stdin)
+    members, absent = given["members"], given.get("absent", [])
     created: list[str] = []
     updated: list[str] = []
+    removed: list[str] = []
     for sub in ("", "groups", "tokens", "hosts"):
         _private_dir(base / sub, check)
 
@@ -82,7 +86,14 @@ def main() -> int:
             (updated if path.exists() else created).append(str(path))
             if not check:
                 _write_private(path, text)
-    print(json.dumps({"changed": bool(created or updated), "created": created, "updated": updated}))
+    for host in absent:
+        path = base / "hosts" / f"{host}.json"
+        if path.exists():
+            removed.append(str(path))
+            if not check:
+                path.unlink()
+    print(json.dumps({"changed": bool(created or updated or removed), "created": created, "updated": updated,
+                      "removed": removed}))
     return 0
 
 
