@@ -57,9 +57,10 @@ log = get_logger("quorum_rollout.transport")
 # an append_entries batch stops after the entry that reaches appendEntriesBatchSizeBytes
 # (64 KiB), so it holds < 64 KiB + one entry; the largest entry is the committed manifest
 # (artifacts.max_manifest_bytes, at most config.MAX_MANIFEST_BYTES = 256 KiB); snapshots travel
-# in logCompactionBatchSize (64 KiB) chunks; Fernet's base64 adds a third. That is < 430 KiB
-# in the worst case (measured with 64 KiB manifests: 112 KiB); 1 MiB leaves room and is 1/2048
-# of what pysyncobj would buffer.
+# in logCompactionBatchSize (64 KiB) chunks of the dump file. zlib then Fernet's base64 leave
+# manifest-like text about its size; binary chunks grow by 60% (pickle protocol 2, base64).
+# Measured: 66 KiB with 64 KiB manifests, 265 KiB with 256 KiB ones, 104 KiB snapshot chunks.
+# 1 MiB leaves room and is 1/2048 of what pysyncobj would buffer.
 MAX_FRAME = 1 << 20
 # Before authentication only the handshake travels: the peer's random key, then its address
 # (or a syncobj_admin command), each < 300 bytes encrypted.
@@ -126,8 +127,9 @@ class FrameGuard:
     def limit(self) -> int:
         return self.max_handshake_frame if self.frames < self.handshake_frames else self.max_frame
 
-    def feed(self, data: bytes) -> None:
-        pos, end = 0, len(data)
+    def feed(self, data: bytes) -> int:
+        """Follow `data`; the largest length declared by a header it completed (0: none)."""
+        pos, end, largest = 0, len(data), 0
         while pos < end:
             if self._body_left:
                 step = min(self._body_left, end - pos)
@@ -140,7 +142,7 @@ class FrameGuard:
             self._header += data[pos:pos + need]
             pos += need
             if len(self._header) < _HEADER.size:
-                return
+                break
             (declared,) = _HEADER.unpack(self._header)
             self._header = b""
             limit = self.limit()
@@ -149,8 +151,10 @@ class FrameGuard:
             if declared > limit:
                 raise FrameRejected("frame_too_large", declared, limit)
             self.frames += 1
-            self.largest = max(self.largest, declared)
+            largest = max(largest, declared)
             self._body_left = declared
+        self.largest = max(self.largest, largest)
+        return largest
 
 
 class ReadBudget:
@@ -301,12 +305,12 @@ class GuardedConnection(TcpConnection):
     def received(self, data: bytes) -> None:
         self._budget.spend(len(data))
         try:
-            self.guard.feed(data)
+            declared = self.guard.feed(data)
         except FrameRejected as exc:
             self._transport.log_drop(self, exc.cause, limit=exc.limit)
             raise OSError(errno.EMSGSIZE, str(exc)) from None
-        if self.guard.largest > self._transport.largest_frame:
-            self._transport.largest_frame = self.guard.largest
+        if declared > self._transport.largest_frame:
+            self._transport.largest_frame = declared
 
     # -- ending ----------------------------------------------------------------------------------
 

@@ -39,8 +39,9 @@ def test_a_header_declaring_2gib_is_refused_before_any_of_its_body():
 
 def test_handshake_frames_have_the_small_limit_and_the_frames_after_them_the_large_one():
     guard = FrameGuard(max_frame=1 << 20, max_handshake_frame=4096, handshake_frames=2)
-    guard.feed(header(200) + b"k" * 200 + header(4096) + b"a" * 4096)
-    guard.feed(header(1 << 20))  # the third frame may be large
+    assert guard.feed(header(200) + b"k" * 200 + header(4096) + b"a" * 4096) == 4096
+    assert guard.feed(header(1 << 20)) == 1 << 20  # the third frame may be large
+    assert guard.feed(b"x" * 1000) == 0, "no header completed"
     assert (guard.frames, guard.completed, guard.largest) == (3, 2, 1 << 20)
     second = FrameGuard(max_frame=1 << 20, max_handshake_frame=4096, handshake_frames=2)
     second.feed(header(200) + b"k" * 200)
