@@ -50,6 +50,8 @@ def frame_header(length: int) -> bytes:
 
 
 class _Attack(threading.Thread):
+    COUNTERS: tuple[str, ...] = ()  # what `main` reports
+
     def __init__(self, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.stop_event = threading.Event()
@@ -72,6 +74,8 @@ class _Attack(threading.Thread):
 class BigFrameStream(_Attack):
     """One connection at a time: declare `declared` bytes, stream up to `total` bytes of body;
     when the agent closes it, open the next after `pause` seconds."""
+
+    COUNTERS = ("connections", "closed_by_agent", "sent")
 
     def __init__(self, target: Address, source: str, *, declared: int = 2**31 - 1, total: int = 32 << 20,
                  chunk: int = 64 << 10, pause: float = 0.05) -> None:
@@ -109,6 +113,8 @@ class FrameBurst(_Attack):
     """`count` connections at once from `sources` (round robin), each writing `size` bytes as
     fast as the agent takes them, alternately as one frame declaring `size` bytes and as
     `size // frame` frames of `frame` random bytes (they do not decrypt)."""
+
+    COUNTERS = ("bursts", "opened", "refused", "closed_by_agent", "completed")
 
     def __init__(self, target: Address, sources: list[str], *, count: int = 100, size: int = 4 << 20,
                  frame: int = 4000, rounds: int = 1) -> None:
@@ -167,6 +173,8 @@ class Flood(_Attack):
     """`count` connections from `sources` (round robin), opened and held without a byte sent.
     `held()` says how many the agent has not closed yet."""
 
+    COUNTERS = ("connections", "refused")
+
     def __init__(self, target: Address, sources: list[str], *, count: int = 500, reopen: bool = False) -> None:
         super().__init__("flood")
         self.target, self.sources, self.count = target, sources, count
@@ -197,7 +205,9 @@ class Flood(_Attack):
             for sock in [s for s in self.socks if not _held(s)]:
                 self.socks.remove(sock)
                 sock.close()
-            while len(self.socks) < self.count and not self.stop_event.is_set():
+            for _ in range(self.count - len(self.socks)):  # one try each per round
+                if self.stop_event.is_set():
+                    break
                 self._open(i)
                 i += 1
         for sock in self.socks:
@@ -340,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     attack.start()
     done.wait(args.seconds or None)
     attack.stop()
-    counters = {k: v for k, v in vars(attack).items() if isinstance(v, int) and not k.startswith("_")}
+    counters = {k: getattr(attack, k) for k in attack.COUNTERS}
     print(json.dumps({"attack": args.attack, "error": repr(attack.error) if attack.error else None, **counters}))
 
 
