@@ -294,7 +294,7 @@ class GuardedConnection(TcpConnection):
             try:
                 raw.bind((host, 0))
             except OSError as exc:  # the peer will refuse a link from elsewhere: say why
-                event(log, "raft_bind_failed", level="warning", address=host, cause=str(exc),
+                event(log, "raft_bind_failed", level="warning", bind=host, cause=str(exc),
                       **self._transport.fields)
         self._TcpConnection__socket = GuardedSocket(raw, self)
 

@@ -192,6 +192,29 @@ def test_links_leave_from_the_nodes_own_address(make_node, subnet):
     assert transport_of(a).largest_frame > 0
 
 
+def test_a_link_that_cannot_leave_from_its_address_is_logged_and_refused_by_the_peer(make_node, subnet, caplog,
+                                                                                   monkeypatch):
+    """An unbound link leaves from 127.0.0.1 on loopback (PYSYNCOBJ.md rule 15): the peer cannot
+    attribute it and refuses it; the dialer says why it could not bind."""
+    caplog.set_level(logging.INFO, logger="quorum_rollout.transport")
+    low, high = f"{subnet}.2:{PORT}", f"{subnet}.3:{PORT}"
+    original = HardenedTransport.__init__
+
+    def unbindable(self: HardenedTransport, *args: Any) -> None:
+        original(self, *args)
+        if self._selfNode.address == high:
+            self.local_host = "192.0.2.1"  # TEST-NET-1: not an address of this machine
+
+    monkeypatch.setattr(HardenedTransport, "__init__", unbindable)
+    a = make_node(low, [high])
+    make_node(high, [low])
+    wait(lambda: {"raft_bind_failed", "raft_connection_dropped"} <= {r.getMessage() for r in caplog.records})
+    assert not a.peer_connected(high)
+    failed = next(r.qr_fields for r in caplog.records if r.getMessage() == "raft_bind_failed")  # type: ignore[attr-defined]
+    assert failed["bind"] == "192.0.2.1" and failed["address"] == high and failed["cause"]
+    assert drops(caplog)[0]["cause"] == "not_a_member" and drops(caplog)[0]["source"] == "127.0.0.1"
+
+
 def test_hostile_connections_are_closed_and_logged_with_cause_and_source(make_node, subnet, caplog):
     caplog.set_level(logging.INFO, logger="quorum_rollout.transport")
     member, target = f"{subnet}.3", (f"{subnet}.2", PORT)
