@@ -215,6 +215,26 @@ def test_a_link_that_cannot_leave_from_its_address_is_logged_and_refused_by_the_
     assert drops(caplog)[0]["cause"] == "not_a_member" and drops(caplog)[0]["source"] == "127.0.0.1"
 
 
+def test_a_node_address_claimed_from_another_members_host_is_refused(make_node, subnet, caplog, monkeypatch):
+    """With the group secret, from a member's host, but naming another member: not that member."""
+    caplog.set_level(logging.INFO, logger="quorum_rollout.transport")
+    a, b, c = (f"{subnet}.{i}:{PORT}" for i in (2, 3, 4))
+    original = HardenedTransport.__init__
+
+    def impostor(self: HardenedTransport, *args: Any) -> None:
+        original(self, *args)
+        if self._selfNode.address == c:
+            self.local_host = f"{subnet}.3"  # c's links leave from b's host
+
+    monkeypatch.setattr(HardenedTransport, "__init__", impostor)
+    node_a = make_node(a, [b, c])
+    make_node(c, [a, b])
+    wait(lambda: any(d["cause"] == "wrong_source_for_node" for d in drops(caplog)))
+    refused = next(d for d in drops(caplog) if d["cause"] == "wrong_source_for_node")
+    assert refused["claimed"] == c and refused["source"] == f"{subnet}.3" and refused["address"] == a
+    assert not node_a.peer_connected(c)
+
+
 def test_hostile_connections_are_closed_and_logged_with_cause_and_source(make_node, subnet, caplog):
     caplog.set_level(logging.INFO, logger="quorum_rollout.transport")
     member, target = f"{subnet}.3", (f"{subnet}.2", PORT)
