@@ -190,6 +190,9 @@ def test_links_leave_from_the_nodes_own_address(make_node, subnet):
     accepted = next(iter(transport_of(a)._connections.values()))
     assert accepted.direction == "incoming" and accepted.source == f"{subnet}.3" and accepted.authenticated
     assert transport_of(a).largest_frame > 0
+    # The transport and its log fields are set up before SyncObj.__init__: the Raft snapshot
+    # (every attribute assigned after it, PYSYNCOBJ.md rule 13) still holds the state alone.
+    assert a.snapshot_attributes() == {"state"} and b.snapshot_attributes() == {"state"}
 
 
 def test_a_link_that_cannot_leave_from_its_address_is_logged_and_refused_by_the_peer(make_node, subnet, caplog,
