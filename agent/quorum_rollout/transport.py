@@ -459,8 +459,14 @@ class HardenedTransport(TCPTransport):
                     sock.close()
                 self.log_drop(None, cause, source=source)
                 continue
+            try:
+                conn = self._incoming(sock, source)
+            except OSError:  # reset between accept and here
+                sock.close()
+                self.log_drop(None, "connection_error", source=source)
+                continue
             pending[source] += 1
-            self._onNewIncomingConnection(self._incoming(sock, source))
+            self._onNewIncomingConnection(conn)
 
     def _incoming(self, sock: socket.socket, source: str) -> GuardedConnection:
         conf = self._syncObj.conf
