@@ -29,6 +29,9 @@ import yaml
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CHECK_TYPES = ("command", "http", "tcp")
 REGISTRY_TYPES = ("none", "file", "http")
+# The leader commits a release's manifest in one Raft entry, and a replication frame holds up to
+# one batch (64 KiB) plus one entry: this keeps the largest frame well under transport.MAX_FRAME.
+MAX_MANIFEST_BYTES = 256 * 1024
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY_ID_RE = re.compile(r"[0-9a-f]{64}")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -412,7 +415,9 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
                "add trusted keys or lower key_threshold")
     return ArtifactsConfig(
         name=name, mirrors=mirrors, trusted_keys=tuple(keys), key_threshold=threshold, revoked_keys=revoked,
-        max_manifest_bytes=s.number("max_manifest_bytes", int, 65536, 1),
+        max_manifest_bytes=s.number("max_manifest_bytes", int, 65536, 1, high=MAX_MANIFEST_BYTES,
+                                    fix=f"use at most {MAX_MANIFEST_BYTES}: the leader commits the manifest "
+                                        "in one Raft entry, and members refuse Raft frames over 1 MiB"),
         bandwidth_limit=s.number("bandwidth_limit", int, 0, 0, fix="use bytes per second, or 0 for unlimited"),
         min_rate=s.number("min_rate", int, 4096, 0, fix="use bytes per second, or 0 to turn it off"),
         min_rate_window=s.number("min_rate_window", float, 30.0, 0, strict=True),

@@ -27,6 +27,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, repli
 from pysyncobj.node import TCPNode
 
 from . import fsm
+from .transport import HardenedTransport
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
@@ -62,6 +63,7 @@ class GroupNode(SyncObj):
         os.chmod(data, 0o700)  # journal and dump are pickles
         # Attributes set before SyncObj.__init__ are not part of the replicated snapshot.
         self.node_id = node_id
+        self.group = group  # for the transport's log lines
         self._on_change = on_change
         self._stop = threading.Event()
         self._tick_period = tick_period
@@ -84,7 +86,8 @@ class GroupNode(SyncObj):
             logCompactionMinTime=300,
             onStateChanged=lambda _old, _new: self._on_change(),
         )
-        super().__init__(address, peers, conf)
+        # Frame cap, per-tick reads, handshake deadline, members only (transport.py, PYSYNCOBJ.md 12/14).
+        super().__init__(address, peers, conf, transportClass=HardenedTransport)
         # Replicated snapshot: everything assigned from here on, i.e. `state` alone.
         self.state: dict[str, Any] = fsm.initial_state(group)
         self._ticker.start()

@@ -174,6 +174,7 @@ BAD = [
     ("artifacts.bandwidth_limit", -1, "artifacts.bandwidth_limit", ">= 0"),
     ("artifacts.read_timeout", "slow", "artifacts.read_timeout", "must be a number"),
     ("artifacts.peer_timeout", 0, "artifacts.peer_timeout", "must be > 0"),
+    ("artifacts.max_manifest_bytes", 256 * 1024 + 1, "artifacts.max_manifest_bytes", "one Raft entry"),
     ("artifacts.peer_timeout", "fast", "artifacts.peer_timeout", "must be a number"),
     ("install.hooks.timeout", 0, "install.hooks.timeout", "> 0"),
     ("install.hooks.reload", "x", "install.hooks.reload", "unknown key"),
