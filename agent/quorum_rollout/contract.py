@@ -103,7 +103,7 @@ def compare_versions(a: str, b: str) -> int:
         return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.]", text) if p != ""]
 
     def key(v: str) -> tuple[list[tuple[int, int, str]], int, list[tuple[int, int, str]]]:
-        main, _, pre = v.split("+", 1)[0].partition("-")
+        main, pre = v.split("+", 1)[0].partition("-")[::2]  # (before, after) the first "-"
         return parts(main), 0 if pre else 1, parts(pre.replace("-", "."))
 
     ka, kb = key(a), key(b)
