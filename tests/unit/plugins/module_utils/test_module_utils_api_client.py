@@ -22,7 +22,6 @@ from ansible_collections.quorum.rollout.plugins.module_utils.api_client import (
     AgentClient,
     AgentOptionError,
     clock,
-    compare_versions,
     describe_release,
     wait_for,
 )
@@ -307,14 +306,6 @@ def test_wait_for_against_the_agent_reaches_current(agent):
 
 
 # -- describe_release ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("a, b, expected", [
-    ("2.4", "2.10", -1), ("2.10", "2.4", 1), ("2.4", "2.4", 0), ("2.4.1", "2.4", 1),
-    ("2.4-rc1", "2.4-rc2", -1), ("2.4", "2.4-rc1", -1), ("10", "9", 1),
-])
-def test_compare_versions_follows_the_agent(a, b, expected):
-    assert compare_versions(a, b) == expected
 
 
 def test_describe_release():

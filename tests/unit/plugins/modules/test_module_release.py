@@ -12,8 +12,12 @@ agent is exercised by the integration and e2e suites.
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+import yaml
+
+from ansible_collections.quorum.rollout.plugins.module_utils import contract
 from ansible_collections.quorum.rollout.plugins.modules import release
 
 
@@ -84,6 +88,44 @@ def test_check_mode_predicts_the_conflict(run, agent):
     assert result["failed"] is True
     assert "cannot start release 2.5: release 2.4 is in progress" in result["msg"]
     assert agent.posts() == ["/v1/releases"]
+
+
+def test_check_mode_knows_a_pre_release_is_lower_than_its_release(run, agent):
+    # The group ran 2.3: the agent refuses 2.3-rc1 (a pre-release of it) as a downgrade.
+    result = run(version="2.3-rc1", check_mode=True)
+    assert result["failed"] is True
+    assert result["msg"] == (
+        "group intel-eu1a: cannot start release 2.3-rc1: it is lower than 2.3, the highest version the group ran "
+        "(rollback protection). Set allow_downgrade=true to go back on purpose")
+    assert run(version="2.4-rc1", check_mode=True)["changed"] is True
+    assert agent.posts() == []
+
+
+def test_check_mode_ignores_build_metadata_in_the_order(run, agent):
+    agent.group.highest_version = "2.4+b2"
+    assert run(version="2.4", check_mode=True)["changed"] is True  # not lower than 2.4+b2: the same version
+    assert run(version="2.4+b1", check_mode=True)["changed"] is True
+    assert run(version="2.4-rc1+b3", check_mode=True)["failed"] is True
+    assert agent.posts() == []
+
+
+def test_check_mode_refuses_what_is_not_a_version(run, agent):
+    result = run(version="2.4 beta", check_mode=True)
+    assert result["failed"] is True
+    assert result["msg"] == "group intel-eu1a: cannot start release 2.4 beta: it is not a valid version string"
+    assert agent.posts() == []
+
+
+def _states_named(text):
+    return re.findall(r"V\(([a-z_]+)\)", text)
+
+
+def test_documented_states_are_the_agents():
+    returned = yaml.safe_load(release.RETURN)["state"]["description"][0]
+    assert _states_named(returned) == list(contract.STATES)
+    wait = yaml.safe_load(release.DOCUMENTATION)["options"]["wait"]["description"][1]
+    assert _states_named(wait.split("terminal state")[1].split(";")[0]) == list(release.ENDED)
+    assert set(release.ENDED) == contract.TERMINAL
 
 
 def test_409_when_another_release_is_in_progress(run, agent):
