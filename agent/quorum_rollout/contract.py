@@ -36,12 +36,14 @@ STATES = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING, CURRENT, ROLLING_BACK, ROL
 TERMINAL = frozenset({CURRENT, ROLLED_BACK, ABORTED})
 FORWARD = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING)  # states a release can be paused in
 
-# Outcome codes of a command (fsm.Outcome.code), as the API answers them: accepted (201, or 200 for
-# an action), noop (200), conflict (409), invalid (400).
+# Outcome codes of a command (fsm.Outcome.code) and the HTTP status the API answers each with
+# (an accepted action: 200, as nothing is created).
 ACCEPTED = "accepted"
 NOOP = "noop"
 CONFLICT = "conflict"
 INVALID = "invalid"
+DUPLICATE = "duplicate"  # the operation id was applied before
+HTTP_STATUS = {ACCEPTED: 201, NOOP: 200, DUPLICATE: 200, CONFLICT: 409, INVALID: 400}
 
 # Operator actions on the group's latest release (POST /v1/releases/current/<action>).
 PAUSE = "pause"

@@ -5,9 +5,9 @@
 
 """AgentClient, AgentApiOptions and the waiter, against a real local HTTP server.
 
-The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API with a
-small in-memory state machine; the real agent is exercised by the integration and e2e
-suites.
+The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API, its group
+state changed by the agent's own state machine (fsm.apply); the real agent is exercised by
+the integration and e2e suites.
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ def test_a_pending_command_rejected_later_raises_409(agent):
     agent.group.pending_polls = 1
     with pytest.raises(AgentApiError) as err:
         client.action("retry")  # refused by the group once it is committed: the release is not rolled back
-    assert err.value.status == 409 and "cannot retry" in str(err.value)
+    assert err.value.status == 409 and "retry needs a rolled_back release" in str(err.value)
 
 
 def test_a_command_never_committed_names_its_operation(agent):

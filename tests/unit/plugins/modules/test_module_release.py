@@ -5,8 +5,8 @@
 
 """quorum.rollout.release, run in-process against a real local HTTP server.
 
-The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API with a
-small in-memory group state machine that advances one step per status read; the real
+The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API, its group
+state changed by the agent's own state machine (fsm.apply), one step per status read; the real
 agent is exercised by the integration and e2e suites.
 """
 
@@ -114,6 +114,48 @@ def test_check_mode_refuses_what_is_not_a_version(run, agent):
     assert result["failed"] is True
     assert result["msg"] == "group intel-eu1a: cannot start release 2.4 beta: it is not a valid version string"
     assert agent.posts() == []
+
+
+def _bring(group, target):
+    """Drive the fake group's release of 2.4 to `target` with the agent's own commands, then freeze it."""
+    if target is None:
+        return
+    if target in (contract.ROLLING_BACK, contract.ROLLED_BACK):
+        group.fail = ("h3", "preflight:health", "down")
+    group.start("2.4", False)
+    for dummy in range(20):
+        state = group.release["state"]
+        if state == target:
+            break
+        if target in (contract.PAUSED, contract.ABORTED) and state == contract.DOWNLOADED:
+            group.action(release.ACTION_OF_STATE[target])
+        else:
+            group.tick()
+    assert group.release["state"] == target
+    group.frozen = True
+
+
+def _outcome(result):
+    return bool(result.get("changed")), bool(result.get("failed"))
+
+
+@pytest.mark.parametrize("target", contract.STATES)
+@pytest.mark.parametrize("action", ["paused", "resumed", "aborted", "retried"])
+def test_check_mode_predicts_what_the_agent_does_with_an_action(run, agent, target, action):
+    _bring(agent.group, target)
+    predicted = run(state=action, check_mode=True, wait=False)
+    assert not [path for path in agent.posts() if path.startswith("/v1/releases/current/")]
+    assert _outcome(predicted) == _outcome(run(state=action, wait=False)), predicted["msg"]
+
+
+@pytest.mark.parametrize("target", [None] + list(contract.STATES))
+@pytest.mark.parametrize("version", ["2.4", "2.5", "2.3", "2.2", "2.3-rc1", "2.4-rc1", "2.3+b2", "2.4+b2", "2.4 beta"])
+@pytest.mark.parametrize("allow_downgrade", [False, True])
+def test_check_mode_predicts_what_the_agent_does_with_a_start(run, agent, target, version, allow_downgrade):
+    _bring(agent.group, target)
+    predicted = run(version=version, allow_downgrade=allow_downgrade, check_mode=True, wait=False)
+    done = run(version=version, allow_downgrade=allow_downgrade, wait=False)
+    assert _outcome(predicted) == _outcome(done), (predicted["msg"], done["msg"])
 
 
 def _states_named(text):
@@ -278,8 +320,8 @@ def test_action_refused_in_this_state(run, agent):
     run(version="2.4")
     result = run(state="paused")
     assert result["failed"] is True
-    assert result["msg"] == "group intel-eu1a: cannot pause release 2.4 in state current [agent: cannot pause in " \
-                            "state current]; it has ended"
+    assert result["msg"] == "group intel-eu1a: cannot pause release 2.4 in state current [agent: cannot pause a " \
+                            "release in state current]; it has ended"
     check = run(state="paused", check_mode=True)
     assert check["failed"] is True
     assert check["msg"] == "group intel-eu1a: cannot pause release 2.4 in state current; it has ended"
