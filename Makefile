@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv collection test unit integration e2e lint sanity demo demo-stop bench clean
+.PHONY: help venv collection contract test unit integration e2e lint sanity demo demo-stop bench clean
 
 help:
 	@echo "make demo   - build a local demo fleet, install agents, release 2.4, print per-group result"
@@ -25,6 +25,12 @@ venv: $(VENV)/.stamp
 collection:
 	@mkdir -p collections/ansible_collections/quorum
 	@ln -sfn ../../.. collections/ansible_collections/quorum/rollout
+
+# The collection's copy of the agent's state-machine contract (plugins cannot import the agent
+# package). Written only on request: a test run that rewrote it would let a stale committed copy
+# pass; tests/unit/plugins/module_utils/test_module_utils_contract.py fails while it differs.
+contract:
+	$(PYTHON) scripts/generate_contract.py
 
 lint: venv collection
 	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files

@@ -18,6 +18,7 @@ import requests
 
 from . import __version__, signing
 from .config import AgentConfig, ConfigError, load_config, read_token
+from .contract import ACTIONS, CURRENT, TERMINAL
 from .log import setup_logging
 
 # --------------------------------------------------------------------------------------------
@@ -95,8 +96,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if text != last:
             print(text + ("" if args.json else "\n"), flush=True)
             last = text
-        if not release or release["state"] in ("current", "rolled_back", "aborted"):
-            return 0 if not release or release["state"] == "current" else 1
+        if not release or release["state"] in TERMINAL:
+            return 0 if not release or release["state"] == CURRENT else 1
         time.sleep(args.interval)
     print(f"error: release not terminal after {args.max_wait:g}s", file=sys.stderr)
     return 2
@@ -328,7 +329,7 @@ def parser() -> argparse.ArgumentParser:
     _api_args(p)
     p.set_defaults(func=cmd_release)
 
-    for action in ("pause", "resume", "abort", "retry"):
+    for action in ACTIONS:
         p = sub.add_parser(action, help=f"{action} the group's current release")
         _api_args(p)
         p.set_defaults(func=cmd_action, action=action)

@@ -26,19 +26,30 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-RUNNING_OLD = "running_old_release"
-DOWNLOADED = "downloaded_in_leader"
-VERIFIED = "verified"
-ROLLING = "rolling"
-CURRENT = "current"
-ROLLING_BACK = "rolling_back"
-ROLLED_BACK = "rolled_back"
-PAUSED = "paused"
-ABORTED = "aborted"
-
-STATES = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING, CURRENT, ROLLING_BACK, ROLLED_BACK, PAUSED, ABORTED)
-TERMINAL = frozenset({CURRENT, ROLLED_BACK, ABORTED})
-FORWARD = (RUNNING_OLD, DOWNLOADED, VERIFIED, ROLLING)  # states a release can be paused in
+# The states, actions and version order are the contract the collection shares (contract.py);
+# they are re-exported here, where the agent's modules have always found them.
+from .contract import (  # noqa: F401
+    ABORT,
+    ABORTED,
+    CURRENT,
+    DOWNLOADED,
+    FORWARD,
+    PAUSE,
+    PAUSED,
+    RESUME,
+    RETRY,
+    ROLLED_BACK,
+    ROLLING,
+    ROLLING_BACK,
+    RUNNING_OLD,
+    STATES,
+    TERMINAL,
+    VERIFIED,
+    action_outcome,
+    compare_versions,
+    start_refusal,
+    valid_version,
+)
 
 # Member statuses (state["members"][id]["status"]).
 ACTIVE = "active"            # a full member
@@ -59,8 +70,6 @@ REJECTED_LIMIT = 50
 APPLIED_LIMIT = 512
 COMMAND_DEPTH_LIMIT = 12  # nesting allowed in a command; deeper data would break deepcopy/json later
 
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -72,25 +81,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.code in ("accepted", "noop", "duplicate")
-
-
-def compare_versions(a: str, b: str) -> int:
-    """Compare versions `main[-pre][+build]`: main parts numerically ("2.4" < "2.10"), a
-    pre-release before its release ("2.5-rc1" < "2.5"), build metadata ignored."""
-
-    def parts(text: str) -> list[tuple[int, int, str]]:
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.]", text) if p != ""]
-
-    def key(v: str) -> tuple[list[tuple[int, int, str]], int, list[tuple[int, int, str]]]:
-        main, _, pre = v.split("+", 1)[0].partition("-")
-        return parts(main), 0 if pre else 1, parts(pre.replace("-", "."))
-
-    ka, kb = key(a), key(b)
-    return (ka > kb) - (ka < kb)
-
-
-def valid_version(v: Any) -> bool:
-    return isinstance(v, str) and bool(_VERSION_RE.fullmatch(v)) and v not in (".", "..")
 
 
 def initial_state(group: str) -> dict[str, Any]:
@@ -292,17 +282,9 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         return Outcome("invalid", f"batch_fraction must be in (0, 1], got {fraction}")
     allow_downgrade, canary = _flag(cmd, "allow_downgrade"), _flag(cmd, "canary")
     allow_unreachable = _flag(cmd, "allow_unreachable")
-    release = state["release"]
-    if release and release["state"] not in TERMINAL:
-        if release["version"] == version:
-            return Outcome("noop", f"release {version} already in progress ({release['state']})")
-        return Outcome("conflict", f"release {release['version']} is in progress ({release['state']})")
-    if version == state["current_version"] and not allow_downgrade:
-        return Outcome("noop", f"group already runs {version}")
-    highest = state["highest_version"]
-    if highest and compare_versions(version, highest) < 0 and not allow_downgrade:
-        return Outcome("invalid", f"version {version} is lower than {highest}, the highest the group ran "
-                       "(rollback protection); ask for allow_downgrade to go back on purpose")
+    refusal = start_refusal(state, version, allow_downgrade)
+    if refusal:
+        return Outcome(*refusal)
     leaving = sorted(m for m, rec in state.get("members", {}).items() if rec["status"] == LEAVING)
     if leaving:
         return Outcome("conflict", f"member(s) {', '.join(leaving)} are being removed from the group; start the "
@@ -360,9 +342,10 @@ def _pause(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = state["release"]
     if release is None:
         return Outcome("invalid", "no release to pause")
-    if release["state"] == PAUSED:
+    rule = action_outcome(PAUSE, release["state"])
+    if rule == "noop":
         return Outcome("noop", "already paused")
-    if release["state"] not in FORWARD:
+    if rule == "conflict":
         return Outcome("conflict", f"cannot pause a release in state {release['state']}")
     release["paused_from"], frm = release["state"], release["state"]
     release["state"] = PAUSED
@@ -374,9 +357,10 @@ def _resume(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = state["release"]
     if release is None:
         return Outcome("invalid", "no release to resume")
-    if release["state"] in FORWARD:
+    rule = action_outcome(RESUME, release["state"])
+    if rule == "noop":
         return Outcome("noop", f"release is not paused ({release['state']})")
-    if release["state"] != PAUSED:
+    if rule == "conflict":
         return Outcome("conflict", f"cannot resume a release in state {release['state']}"
                        + (" (use retry)" if release["state"] == ROLLED_BACK else ""))
     release["state"], release["paused_from"] = release["paused_from"], None
@@ -391,10 +375,11 @@ def _abort(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = state["release"]
     if release is None:
         return Outcome("invalid", "no release to abort")
-    if release["state"] == ABORTED:
+    rule = action_outcome(ABORT, release["state"])
+    if rule == "noop":
         return Outcome("noop", "already aborted")
-    if release["state"] == CURRENT:
-        return Outcome("conflict", "release is already current; start a new release instead")
+    if rule == "conflict":
+        return Outcome("conflict", f"release is already {release['state']}; start a new release instead")
     frm = release["state"]
     release["state"] = ABORTED
     _record(state, cmd, frm, cmd.get("reason") or "aborted by operator")
@@ -403,7 +388,7 @@ def _abort(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 
 def _retry(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     release = state["release"]
-    if release is None or release["state"] != ROLLED_BACK:
+    if release is None or action_outcome(RETRY, release["state"]) != "accepted":
         got = release["state"] if release else "no release"
         return Outcome("conflict", f"retry needs a rolled_back release, got {got}")
     _new_release(state, {**cmd, "allow_downgrade": release["allow_downgrade"]}, release["version"],

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import ssl
 import time
@@ -35,15 +34,10 @@ from urllib.request import HTTPRedirectHandler, HTTPSHandler, Request, build_ope
 
 from ansible.module_utils.common.text.converters import to_text
 
+from ansible_collections.quorum.rollout.plugins.module_utils.contract import ACTIONS, PAUSED, ROLLING, ROLLING_BACK
+
 ENV_API_URL = "QUORUM_ROLLOUT_API_URL"
 ENV_API_TOKEN = "QUORUM_ROLLOUT_API_TOKEN"
-
-ACTIONS = ("pause", "resume", "abort", "retry")
-
-# Release states, in the order the replicated state machine goes through them.
-FORWARD_STATES = ("running_old_release", "downloaded_in_leader", "verified", "rolling")
-TERMINAL_STATES = ("current", "rolled_back", "aborted")
-ALL_STATES = FORWARD_STATES + ("current", "rolling_back", "rolled_back", "paused", "aborted")
 
 # HTTP statuses worth retrying while waiting: the node is not ready, there is
 # no leader yet (election in progress) or a proxy in front of it hiccuped.
@@ -427,20 +421,6 @@ def wait_for(client, predicate, timeout, sleep, now=time.monotonic, pause=time.s
     return False, last_state
 
 
-def compare_versions(a, b):
-    """-1, 0 or 1 as version ``a`` is lower, equal or higher than ``b``.
-
-    The agent's rule (quorum_rollout.fsm.compare_versions): parts split on '.', '+'
-    and '-'; numeric parts compare as numbers ("2.4" < "2.10") and sort before text.
-    """
-
-    def key(version):
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.+-]", version)]
-
-    ka, kb = key(to_text(a)), key(to_text(b))
-    return (ka > kb) - (ka < kb)
-
-
 def describe_release(group, release):
     """One line about a release, for messages: 'group g: release 2.4 rolling (batch 2/10)'."""
     if not release:
@@ -448,9 +428,9 @@ def describe_release(group, release):
     text = "group %s: release %s %s" % (group, release.get("version"), release.get("state"))
     state = release.get("state")
     batches = release.get("batches") or []
-    if state in ("rolling", "rolling_back") and release.get("batch") is not None and batches:
+    if state in (ROLLING, ROLLING_BACK) and release.get("batch") is not None and batches:
         text += " (batch %s/%s)" % (release["batch"] + 1, len(batches))
-    if state == "paused" and release.get("paused_from"):
+    if state == PAUSED and release.get("paused_from"):
         text += " (paused from %s)" % release["paused_from"]
     failure = release.get("failure")
     if failure:

@@ -84,8 +84,12 @@ attributes:
   check_mode:
     support: full
     details:
-      - The change is predicted from C(GET /v1/status) without sending any command; the prediction follows the
-        agent's rules for which action is allowed in which release state.
+      - The change is predicted from C(GET /v1/status) without sending any command. The prediction uses the agent's
+        own rules (its state machine's contract, which the collection shares) for which action is allowed in which
+        release state, which version counts as lower (a pre-release such as V(2.5-rc1) is lower than V(2.5);
+        build metadata such as V(+b2) is ignored) and when a start changes nothing.
+      - It does not foresee the other refusals of a start, such as a version not published on the mirrors or members
+        the group's leader has not heard from (see O(allow_unreachable)).
   diff_mode:
     support: none
   idempotent:
@@ -211,39 +215,52 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.rollout.plugins.module_utils.api_client import (
     AGENT_API_MUTUALLY_EXCLUSIVE,
-    FORWARD_STATES,
-    TERMINAL_STATES,
     AgentApiError,
     AgentApiOptions,
     AgentOptionError,
     agent_api_argument_spec,
-    compare_versions,
     describe_release,
     wait_for,
 )
 
-# module state -> agent action
-ACTION_OF_STATE = {"paused": "pause", "resumed": "resume", "aborted": "abort", "retried": "retry"}
+# The agent's state machine rules, shared with the agent (generated from its contract.py).
+from ansible_collections.quorum.rollout.plugins.module_utils.contract import (
+    ABORT,
+    ABORTED,
+    ACCEPTED,
+    CONFLICT,
+    CURRENT,
+    FORWARD,
+    NOOP,
+    PAUSE,
+    PAUSED,
+    RESUME,
+    RETRY,
+    ROLLED_BACK,
+    STATES,
+    TERMINAL,
+    action_outcome,
+    start_refusal,
+    valid_version,
+)
 
-# What the agent does with an action, by release state: 'change', 'noop'; any other
-# state answers 409. Used only to predict the outcome in check mode.
-# They mirror the agent's state machine (quorum_rollout/fsm.py: _pause, _resume, _abort, _retry).
-ACTION_RULES = {
-    "pause": {"change": FORWARD_STATES, "noop": ("paused",)},
-    "resume": {"change": ("paused",), "noop": FORWARD_STATES},
-    "abort": {"change": FORWARD_STATES + ("paused", "rolling_back", "rolled_back"), "noop": ("aborted",)},
-    "retry": {"change": ("rolled_back",), "noop": ()},
-}
+# module state -> agent action
+ACTION_OF_STATE = {"paused": PAUSE, "resumed": RESUME, "aborted": ABORT, "retried": RETRY}
+
+# Release states in which a release is under way (the agent refuses to start another one).
+IN_PROGRESS = tuple(state for state in STATES if state not in TERMINAL)
+# ... and those that end it, in order, for messages: "current, rolled_back or aborted".
+ENDED = tuple(state for state in STATES if state in TERMINAL)
 
 # The module treats these as done without asking the agent: what resuming or retrying
 # is for (the release running again, or current) has already happened.
 SATISFIED_WITHOUT_ACTION = {
-    "resume": ("current",),
-    "retry": FORWARD_STATES + ("current",),
+    RESUME: (CURRENT,),
+    RETRY: FORWARD + (CURRENT,),
 }
 
 # What the module waits for after each state (besides any terminal state).
-WAIT_FOR_STATE = {"paused": "paused", "aborted": "aborted"}
+WAIT_FOR_STATE = {"paused": PAUSED, "aborted": ABORTED}
 
 
 class ReleaseFailed(Exception):
@@ -265,10 +282,6 @@ def _group(status):
 
 def _release(status):
     return _group_state(status).get("release")
-
-
-def _in_progress(release):
-    return bool(release) and release.get("state") not in TERMINAL_STATES
 
 
 class ReleaseTask(object):
@@ -300,24 +313,26 @@ class ReleaseTask(object):
         release = state.get("release")
         allow_downgrade = self.params["allow_downgrade"]
         if self.module.check_mode:
-            # The agent's rules (quorum_rollout/fsm.py: _start), in its order.
-            if _in_progress(release):
-                if release.get("version") == version:
-                    return False, release
-                raise ReleaseFailed(self._conflict_msg(group, version, release.get("version"), release.get("state")))
-            if state.get("current_version") == version and not allow_downgrade:
+            # The agent's rules, in its order (start_refusal; the members it has not heard from aside).
+            if not valid_version(version):
+                raise ReleaseFailed("group %s: cannot start release %s: it is not a valid version string" % (
+                    group, version))
+            refusal = start_refusal(state, version, allow_downgrade)
+            if refusal is None:
+                return True, release
+            if refusal[0] == NOOP:  # that version is in progress, or the group runs it
                 return False, release
-            highest = state.get("highest_version")
-            if highest and compare_versions(version, highest) < 0 and not allow_downgrade:
-                raise ReleaseFailed(
-                    "group %s: cannot start release %s: it is lower than %s, the highest version the group ran "
-                    "(rollback protection). Set allow_downgrade=true to go back on purpose" % (group, version, highest)
-                )
-            return True, release
+            if refusal[0] == CONFLICT:
+                raise ReleaseFailed(self._conflict_msg(group, version, release.get("version"), release.get("state")))
+            raise ReleaseFailed(  # INVALID: lower than the highest version the group ran
+                "group %s: cannot start release %s: it is lower than %s, the highest version the group ran "
+                "(rollback protection). Set allow_downgrade=true to go back on purpose"
+                % (group, version, state.get("highest_version"))
+            )
         try:
             answer = self.client.start_release(version, allow_downgrade, self.params["allow_unreachable"])
         except AgentApiError as exc:
-            if exc.status == 409 and exc.detail.get("state") in FORWARD_STATES + ("paused", "rolling_back"):
+            if exc.status == 409 and exc.detail.get("state") in IN_PROGRESS:
                 raise ReleaseFailed(
                     self._conflict_msg(group, version, exc.detail.get("version"), exc.detail.get("state"), exc)
                 )
@@ -349,13 +364,11 @@ class ReleaseTask(object):
         if release.get("state") in SATISFIED_WITHOUT_ACTION.get(action, ()):
             return False, release
         if self.module.check_mode:
-            rules = ACTION_RULES[action]
-            if release.get("state") in rules["change"]:
-                return True, release
-            if release.get("state") in rules["noop"]:
-                return False, release
-            raise ReleaseFailed(self._action_refused_msg(group, action, release.get("version"), release.get("state")),
-                                self.status)
+            outcome = action_outcome(action, release.get("state"))
+            if outcome == CONFLICT:
+                raise ReleaseFailed(
+                    self._action_refused_msg(group, action, release.get("version"), release.get("state")), self.status)
+            return outcome == ACCEPTED, release
         try:
             answer = self.client.action(action, release.get("id"))
         except AgentApiError as exc:
@@ -375,11 +388,11 @@ class ReleaseTask(object):
         msg = "group %s: cannot %s release %s in state %s" % (group, action, version, state)
         if exc is not None and exc.error:
             msg += " [agent: %s]" % exc.error
-        if state == "rolled_back":
+        if state == ROLLED_BACK:
             msg += ". Run state=retried after fixing the cause, or state=aborted"
-        elif state == "paused":
+        elif state == PAUSED:
             msg += ". Run state=resumed or state=aborted"
-        elif state in TERMINAL_STATES:
+        elif state in TERMINAL:
             msg += "; it has ended"
         return msg
 
@@ -391,14 +404,14 @@ class ReleaseTask(object):
             release = _release(status)
             if not release or release.get("version") != version:
                 return True  # nothing left to wait for; _outcome() says why
-            return release.get("state") in TERMINAL_STATES or release.get("state") == wanted
+            return release.get("state") in TERMINAL or release.get("state") == wanted
 
         return predicate
 
     def _waiting_for(self, version):
         if self.state in WAIT_FOR_STATE:
             return "release %s to be %s" % (version, WAIT_FOR_STATE[self.state])
-        return "release %s to end (current, rolled_back or aborted)" % version
+        return "release %s to end (%s or %s)" % (version, ", ".join(ENDED[:-1]), ENDED[-1])
 
     def _wait(self, changed, version):
         timeout = self.params["wait_timeout"]
@@ -432,10 +445,10 @@ class ReleaseTask(object):
                 status,
             )
         state = release.get("state")
-        wanted = WAIT_FOR_STATE.get(self.state, "current")
+        wanted = WAIT_FOR_STATE.get(self.state, CURRENT)
         if state == wanted:
             return
-        if state == "rolled_back":
+        if state == ROLLED_BACK:
             failure = release.get("failure") or {}
             raise ReleaseFailed(
                 "group %s: release %s rolled_back: host %s failed at %s: %s. Run state=retried after fixing, "
@@ -457,7 +470,7 @@ class ReleaseTask(object):
             state = release.get("state")
             msg = describe_release(group, release)
         elif version and current == version:
-            state = "current"
+            state = CURRENT
             msg = "group %s: release %s current" % (group, version)
         else:
             state = (release or {}).get("state")
@@ -469,8 +482,7 @@ class ReleaseTask(object):
                     release=release, msg=msg)
 
     def _verb(self, version):
-        verb = {"started": "start", "paused": "pause", "resumed": "resume", "aborted": "abort",
-                "retried": "retry"}[self.state]
+        verb = "start" if self.state == "started" else ACTION_OF_STATE[self.state]
         return "%s release %s" % (verb, version)
 
 
@@ -478,7 +490,7 @@ def main():
     argument_spec = agent_api_argument_spec()
     argument_spec.update(
         version=dict(type="str"),
-        state=dict(type="str", default="started", choices=["started", "paused", "resumed", "aborted", "retried"]),
+        state=dict(type="str", default="started", choices=["started"] + list(ACTION_OF_STATE)),
         allow_downgrade=dict(type="bool", default=False),
         allow_unreachable=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),

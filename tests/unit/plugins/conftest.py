@@ -21,6 +21,8 @@ import sys
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 
 def _install_collection_finder():
     """Let ansible's loaders resolve quorum.rollout.* under plain pytest (ansible-test does this itself)."""
@@ -29,8 +31,7 @@ def _install_collection_finder():
 
     if AnsibleCollectionConfig.collection_finder is not None:
         return
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    paths = [os.path.join(root, "collections")]
+    paths = [os.path.join(ROOT, "collections")]
     paths += [os.path.abspath(p) for p in sys.path if os.path.basename(p) == "collections"]
     if not any(os.path.isdir(os.path.join(p, "ansible_collections", "quorum", "rollout")) for p in paths):
         raise pytest.UsageError(
@@ -40,7 +41,22 @@ def _install_collection_finder():
     _AnsibleCollectionFinder(paths=paths)._install()  # pylint: disable=protected-access
 
 
+def _agent_importable():
+    """Put this checkout's agent package (agent/quorum_rollout) first on sys.path.
+
+    The fake agent runs the agent's own state machine, and the contract tests compare the
+    collection's copy with its source. Both need only its pure, stdlib-only modules (fsm,
+    contract), which are found here also under ansible-test, which does not install the agent.
+    """
+    agent = os.path.join(ROOT, "agent")
+    if not os.path.isfile(os.path.join(agent, "quorum_rollout", "fsm.py")):
+        raise pytest.UsageError("the agent's source is missing: %s" % agent)
+    if agent not in sys.path:
+        sys.path.insert(0, agent)
+
+
 _install_collection_finder()
+_agent_importable()
 
 # pylint: disable=wrong-import-position
 from ansible.module_utils.testing import patch_module_args  # noqa: E402

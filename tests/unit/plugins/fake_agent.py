@@ -5,17 +5,16 @@
 
 """A stand-in for the quorum.rollout agent's HTTP API, for the plugins' unit tests.
 
-Its rules (status codes, which action is allowed in which release state) follow the
-agent's quorum_rollout/api.py and fsm.py; keep them in step.
+It serves the documented API (docs/api.md) over real HTTP on 127.0.0.1, so the plugins' client
+code, error handling and waiting are exercised for real. The group's state is changed only by the
+agent's own state machine, ``quorum_rollout.fsm.apply`` (this checkout's agent/, put on sys.path by
+conftest.py: fsm is pure and needs nothing installed), with the agent's outcome codes and reasons;
+what is left out is Raft, artifacts and installs, which tests/integration and tests/e2e exercise.
 
-It serves the documented API (docs/api.md) over real HTTP on 127.0.0.1 with a small
-in-memory group state machine, so the plugins' client code, error handling and waiting
-are exercised for real. It is not the agent: the real agent (Raft, artifacts, install)
-is exercised by tests/integration and tests/e2e.
-
-The release advances one step each time its status is read (``GET /v1/status``), never
-with the clock, so tests are deterministic and need no sleeps: the plugins' own polling
-drives the group to its end.
+The release advances one step each time its status is read (``GET /v1/status``), never with the
+clock, so tests are deterministic and need no sleeps: the plugins' own polling drives the group to
+its end. Each step is the command a leader or a member would commit (downloaded, verified,
+open_batch, host_done for each host of the open batch or rollback batch).
 """
 
 from __future__ import annotations
@@ -27,28 +26,23 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FORWARD = ("running_old_release", "downloaded_in_leader", "verified", "rolling")
-TERMINAL = ("current", "rolled_back", "aborted")
+from quorum_rollout import contract, fsm
 
-
-def _vkey(version):
-    return tuple(int(p) if p.isdigit() else p for p in str(version).split("."))
+LEADER = "h2"  # the member that leads the fake group (and so is updated last)
 
 
 class FakeGroup(object):
-    """In-memory replicated group state with the agent's release state machine (simplified)."""
+    """One group's replicated state, changed by ``fsm.apply`` only, and the test's controls."""
 
     def __init__(self, group="intel-eu1a", members=("h1", "h2", "h3"), current_version="2.3", node_id="h1"):
         self.lock = threading.RLock()
-        self.group = group
         self.members = list(members)
         self.node_id = node_id
-        self.current_version = current_version
-        self.highest_version = current_version
-        self.release = None
-        self.history = []
-        self.rejected = []
         self.term = 3
+        self.state = fsm.initial_state(group)
+        # The group ran current_version before (and keeps no release record of it).
+        self.state.update(current_version=current_version, highest_version=current_version)
+        self.commands = 0
         # Test controls
         self.fail = None  # (host, step, reason): that host fails when its batch rolls
         self.frozen = False  # when True the release never advances
@@ -57,99 +51,93 @@ class FakeGroup(object):
         self.operations = {}  # operation id -> [polls left, the command to apply]
         self.committed = set()
 
-    # -- helpers -----------------------------------------------------------------
-    def record(self, op, frm, to, detail=None):
-        self.history.append({
-            "seq": len(self.history) + 1, "time": time.time(), "term": self.term, "actor": "h2",
-            "op": op, "from": frm, "to": to, "detail": detail or {},
-        })
+    # -- the replicated state ----------------------------------------------------------
+    @property
+    def group(self):
+        return self.state["group"]
 
-    def set_state(self, state, op):
-        old = self.release["state"]
-        self.release["state"] = state
-        self.release["updated_at"] = time.time()
-        self.record(op, old, state, {"release": self.release["id"]})
+    @group.setter
+    def group(self, name):
+        self.state["group"] = name
+
+    @property
+    def release(self):
+        return self.state["release"]
+
+    @property
+    def highest_version(self):
+        return self.state["highest_version"]
+
+    @highest_version.setter
+    def highest_version(self, version):
+        self.state["highest_version"] = version
+
+    def apply(self, op, actor=LEADER, **args):
+        """Commit one command, as the group's log would: returns fsm's Outcome."""
+        self.commands += 1
+        command = dict(args, op=op, id="fake-%d" % self.commands, term=self.term, time=time.time(), actor=actor)
+        self.state, outcome = fsm.apply(self.state, command)
+        return outcome
+
+    def step(self, op, actor=LEADER, **args):
+        """A leader's or member's step: the state machine must take it."""
+        outcome = self.apply(op, actor, release=self.release["id"], **args)
+        if outcome.code != "accepted":
+            raise AssertionError("fake agent: %s refused: %s" % (op, outcome))
 
     def status(self):
         return {
             "group": self.group,
-            "node": {"id": self.node_id, "role": "follower", "leader": "h2", "term": self.term, "ready": True,
+            "node": {"id": self.node_id, "role": "follower", "leader": LEADER, "term": self.term, "ready": True,
                      "has_quorum": True, "registry": {"ok": True, "error": None}},
-            "state": {
-                "group": self.group, "current_version": self.current_version,
-                "highest_version": self.highest_version, "release": copy.deepcopy(self.release),
-                "history": copy.deepcopy(self.history[-50:]), "rejected": copy.deepcopy(self.rejected),
-            },
+            "state": copy.deepcopy(self.state),
         }
-
-    def new_release(self, version, attempt=1):
-        now = time.time()
-        self.release = {
-            "id": "%s#%d" % (version, attempt), "version": version, "previous_version": self.current_version,
-            "attempt": attempt, "state": "running_old_release", "paused_from": None, "batch": None,
-            "batches": [[m] for m in self.members], "members": list(self.members),
-            "hosts": dict((m, {"status": "pending", "version": self.current_version, "step": None, "detail": None})
-                          for m in self.members),
-            "artifact": None, "holders": [], "failure": None, "started_at": now, "updated_at": now,
-            "term": self.term,
-        }
-        self.record("start", None, "running_old_release", {"version": version, "attempt": attempt})
 
     # -- progress: one step per status read ------------------------------------------
     def tick(self):
         rel = self.release
-        if self.frozen or rel is None or rel["state"] in TERMINAL + ("paused",):
+        if self.frozen or rel is None or rel["state"] in contract.TERMINAL or rel["state"] == contract.PAUSED:
             return
         state = rel["state"]
-        if state == "running_old_release":
-            self.set_state("downloaded_in_leader", "downloaded")
-        elif state == "downloaded_in_leader":
-            rel["artifact"] = {"sha256": "ab" * 32, "size": 1024, "file": "app-%s.tar.gz" % rel["version"]}
-            self.set_state("verified", "verified")
-        elif state == "verified":
-            rel["batch"] = 0
-            self.set_state("rolling", "roll")
-        elif state == "rolling":
-            batch = rel["batches"][rel["batch"]]
-            for host in batch:
+        if state == contract.RUNNING_OLD:
+            self.step("downloaded", artifact={
+                "sha256": "ab" * 32, "size": 1024, "file": "app-%s.tar.gz" % rel["version"],
+                "manifest": {"name": "app", "version": rel["version"]}, "mirror": "https://mirror.example"})
+        elif state == contract.DOWNLOADED:
+            self.step("verified")
+        elif state == contract.VERIFIED:
+            self.step("open_batch")
+        elif state == contract.ROLLING:
+            for host in fsm.open_batch_hosts(self.state):
                 if self.fail and self.fail[0] == host:
-                    rel["hosts"][host].update(status="failed", step=self.fail[1], detail=self.fail[2])
-                    rel["failure"] = {"host": host, "step": self.fail[1], "reason": self.fail[2]}
-                    self.set_state("rolling_back", "fail")
+                    self.step("host_done", host, host=host, phase="install", ok=False, step=self.fail[1],
+                              reason=self.fail[2])
                     return
-                rel["hosts"][host].update(status="updated", version=rel["version"], step="done")
-                rel["holders"].append(host)
-            if rel["batch"] + 1 < len(rel["batches"]):
-                rel["batch"] += 1
-                self.record("batch", "rolling", "rolling", {"batch": rel["batch"]})
-            else:
-                rel["batch"] = None
-                self.current_version = rel["version"]
-                if _vkey(rel["version"]) > _vkey(self.highest_version or "0"):
-                    self.highest_version = rel["version"]
-                self.set_state("current", "done")
-        elif state == "rolling_back":
-            for host, info in rel["hosts"].items():
-                if info["status"] == "updated":
-                    info.update(status="reverted", version=rel["previous_version"])
-            self.set_state("rolled_back", "rolled_back")
+                self.step("host_done", host, host=host, phase="install", ok=True, step="done")
+        elif state == contract.ROLLING_BACK:
+            for host in fsm.open_batch_hosts(self.state):
+                self.step("host_done", host, host=host, phase="revert", ok=True, step="done")
 
-    # -- commands --------------------------------------------------------------------
+    # -- commands: (HTTP status, answer) as the agent's API gives them ---------------------
+    def answer(self, outcome, created=False):
+        status = contract.HTTP_STATUS[outcome.code]
+        rel = copy.deepcopy(self.release)
+        if status >= 400:
+            return status, {"error": outcome.reason,
+                            "detail": {"version": rel and rel["version"], "state": rel and rel["state"]}}
+        if status == 201 and not created:
+            status = 200
+        return status, {"changed": outcome.code == "accepted", "reason": outcome.reason, "release": rel}
+
     def start(self, version, allow_downgrade):
-        rel = self.release
-        if rel and rel["state"] not in TERMINAL:
-            if rel["version"] == version:
-                return 200, {"changed": False, "release": copy.deepcopy(rel)}
-            return 409, {"error": "release %s is in progress" % rel["version"],
-                         "detail": {"version": rel["version"], "state": rel["state"]}}
-        if self.current_version == version and not allow_downgrade:
-            return 200, {"changed": False, "release": copy.deepcopy(rel)}
-        if (self.highest_version and _vkey(version) < _vkey(self.highest_version) and not allow_downgrade):
-            return 400, {"error": "version %s is lower than %s, the highest the group ran (rollback protection); "
-                         "ask for allow_downgrade to go back on purpose" % (version, self.highest_version),
-                         "detail": {"version": rel and rel["version"], "state": rel and rel["state"]}}
-        self.new_release(version, 1)
-        return 201, {"changed": True, "release": copy.deepcopy(self.release)}
+        outcome = self.apply("start", version=version, members=self.members, allow_downgrade=allow_downgrade)
+        return self.answer(outcome, created=True)
+
+    def action(self, name, release=None, reason=None):
+        if self.release is None:
+            return 404, {"error": "no release", "detail": {}}
+        args = dict((k, v) for k, v in (("release", release), ("reason", reason)) if v is not None)
+        return self.answer(self.apply(name, **args))
 
     def submit(self, op_id, command):
         """Run the command now, or (pending_polls > 0) answer 202 and run it after that many polls."""
@@ -177,37 +165,6 @@ class FakeGroup(object):
         if op_id in self.committed:
             return 200, {"id": op_id, "status": "committed"}
         return 404, {"error": "operation %r is unknown here" % op_id, "detail": {"operation_id": op_id}}
-
-    def action(self, name):
-        rel = self.release
-        if rel is None:
-            return 404, {"error": "no release", "detail": {}}
-        state = rel["state"]
-        if name == "pause":
-            if state == "paused":
-                return 200, {"changed": False, "release": copy.deepcopy(rel)}
-            if state not in FORWARD:
-                return 409, {"error": "cannot pause in state %s" % state, "detail": {"state": state}}
-            rel["paused_from"] = state
-            self.set_state("paused", "pause")
-        elif name == "resume":
-            if state in FORWARD:
-                return 200, {"changed": False, "release": copy.deepcopy(rel)}
-            if state != "paused":
-                return 409, {"error": "cannot resume in state %s" % state, "detail": {"state": state}}
-            back, rel["paused_from"] = rel["paused_from"], None
-            self.set_state(back, "resume")
-        elif name == "abort":
-            if state == "aborted":
-                return 200, {"changed": False, "release": copy.deepcopy(rel)}
-            if state == "current":
-                return 409, {"error": "cannot abort in state %s" % state, "detail": {"state": state}}
-            self.set_state("aborted", "abort")
-        elif name == "retry":
-            if state != "rolled_back":
-                return 409, {"error": "cannot retry in state %s" % state, "detail": {"state": state}}
-            self.new_release(rel["version"], rel["attempt"] + 1)
-        return 200, {"changed": True, "release": copy.deepcopy(self.release)}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -244,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
                 group.tick()
                 return self._send(200, group.status())
             if method == "GET" and self.path == "/v1/events":
-                return self._send(200, {"events": copy.deepcopy(group.history)})
+                return self._send(200, {"events": copy.deepcopy(group.state["history"])})
             if method == "GET" and self.path == "/metrics":
                 return self._send(200, b"quorum_rollout_up 1\n", "text/plain; version=0.0.4")
             if method == "GET" and self.path.startswith("/v1/operations/"):
@@ -253,20 +210,19 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw or b"{}")
             except ValueError:
                 return self._send(400, {"error": "body is not JSON", "detail": {"field": "body"}})
+            if not isinstance(body, dict):
+                return self._send(400, {"error": "body must be a JSON object", "detail": {"field": "body"}})
             if method == "POST" and self.path == "/v1/releases":
-                if not isinstance(body, dict) or not isinstance(body.get("version"), str) or not body["version"]:
-                    return self._send(400, {"error": "version must be a non-empty string",
+                if not contract.valid_version(body.get("version")):
+                    return self._send(400, {"error": "version must be a version string such as '2.4'",
                                             "detail": {"field": "version"}})
                 return self._send(*group.submit(body.get("operation_id"), lambda: group.start(
                     body["version"], bool(body.get("allow_downgrade")))))
             prefix = "/v1/releases/current/"
-            if method == "POST" and self.path.startswith(prefix) and self.path[len(prefix):] in (
-                    "pause", "resume", "abort", "retry"):
+            if method == "POST" and self.path.startswith(prefix) and self.path[len(prefix):] in contract.ACTIONS:
                 name = self.path[len(prefix):]
-                if body.get("release") and (group.release or {}).get("id") != body["release"]:
-                    return self._send(409, {"error": "release %r is not the group's latest release" % body["release"],
-                                            "detail": {"state": (group.release or {}).get("state")}})
-                return self._send(*group.submit(body.get("operation_id"), lambda: group.action(name)))
+                return self._send(*group.submit(body.get("operation_id"), lambda: group.action(
+                    name, body.get("release"), body.get("reason"))))
         return self._send(404, {"error": "no such endpoint: %s %s" % (method, self.path),
                                 "detail": {"path": self.path}})
 

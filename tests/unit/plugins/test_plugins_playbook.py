@@ -68,7 +68,7 @@ PLAYBOOK = textwrap.dedent("""\
               - __failed.release.state == 'rolled_back'
               - >-
                 query('quorum.rollout.group_state', agent_url, api_token_file=token_file,
-                      query='release.hosts.*.status | sort(@)') == [['failed', 'pending', 'reverted']]
+                      query='release.hosts.*.status | sort(@)') == [['reverted', 'reverted', 'reverted']]
               - lookup('quorum.rollout.group_state', agent_url, api_token_file=token_file,
                        query='length(history)') > 5
 """)

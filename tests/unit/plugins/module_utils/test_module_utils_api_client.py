@@ -5,9 +5,9 @@
 
 """AgentClient, AgentApiOptions and the waiter, against a real local HTTP server.
 
-The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API with a
-small in-memory state machine; the real agent is exercised by the integration and e2e
-suites.
+The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API, its group
+state changed by the agent's own state machine (fsm.apply); the real agent is exercised by
+the integration and e2e suites.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ansible_collections.quorum.rollout.plugins.module_utils.api_client import (
     AgentClient,
     AgentOptionError,
     clock,
-    compare_versions,
     describe_release,
     wait_for,
 )
@@ -309,14 +308,6 @@ def test_wait_for_against_the_agent_reaches_current(agent):
 # -- describe_release ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    ("2.4", "2.10", -1), ("2.10", "2.4", 1), ("2.4", "2.4", 0), ("2.4.1", "2.4", 1),
-    ("2.4-rc1", "2.4-rc2", -1), ("2.4", "2.4-rc1", -1), ("10", "9", 1),
-])
-def test_compare_versions_follows_the_agent(a, b, expected):
-    assert compare_versions(a, b) == expected
-
-
 def test_describe_release():
     assert describe_release("g", None) == "group g: no release"
     rel = {"version": "2.4", "state": "rolling", "batch": 1, "batches": [["a"], ["b"], ["c"]]}
@@ -398,7 +389,7 @@ def test_a_pending_command_rejected_later_raises_409(agent):
     agent.group.pending_polls = 1
     with pytest.raises(AgentApiError) as err:
         client.action("retry")  # refused by the group once it is committed: the release is not rolled back
-    assert err.value.status == 409 and "cannot retry" in str(err.value)
+    assert err.value.status == 409 and "retry needs a rolled_back release" in str(err.value)
 
 
 def test_a_command_never_committed_names_its_operation(agent):

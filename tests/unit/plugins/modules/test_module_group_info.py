@@ -11,6 +11,11 @@ real agent is exercised by the integration and e2e suites.
 
 from __future__ import annotations
 
+import re
+
+import yaml
+
+from ansible_collections.quorum.rollout.plugins.module_utils import contract
 from ansible_collections.quorum.rollout.plugins.modules import group_info
 
 
@@ -51,3 +56,8 @@ def test_token_file_and_token_are_exclusive(run_module, agent, token_file):
                                           "api_token_file": token_file})
     assert result["failed"] is True
     assert "mutually exclusive" in result["msg"]
+
+
+def test_documented_release_states_are_the_agents():
+    text = yaml.safe_load(group_info.RETURN)["release"]["description"][1].split(";")[0]
+    assert re.findall(r"V\(([a-z_]+)\)", text) == list(contract.STATES)

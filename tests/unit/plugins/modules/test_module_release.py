@@ -5,15 +5,19 @@
 
 """quorum.rollout.release, run in-process against a real local HTTP server.
 
-The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API with a
-small in-memory group state machine that advances one step per status read; the real
+The server (tests/unit/plugins/fake_agent.py) stands in for the agent's HTTP API, its group
+state changed by the agent's own state machine (fsm.apply), one step per status read; the real
 agent is exercised by the integration and e2e suites.
 """
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+import yaml
+
+from ansible_collections.quorum.rollout.plugins.module_utils import contract
 from ansible_collections.quorum.rollout.plugins.modules import release
 
 
@@ -84,6 +88,86 @@ def test_check_mode_predicts_the_conflict(run, agent):
     assert result["failed"] is True
     assert "cannot start release 2.5: release 2.4 is in progress" in result["msg"]
     assert agent.posts() == ["/v1/releases"]
+
+
+def test_check_mode_knows_a_pre_release_is_lower_than_its_release(run, agent):
+    # The group ran 2.3: the agent refuses 2.3-rc1 (a pre-release of it) as a downgrade.
+    result = run(version="2.3-rc1", check_mode=True)
+    assert result["failed"] is True
+    assert result["msg"] == (
+        "group intel-eu1a: cannot start release 2.3-rc1: it is lower than 2.3, the highest version the group ran "
+        "(rollback protection). Set allow_downgrade=true to go back on purpose")
+    assert run(version="2.4-rc1", check_mode=True)["changed"] is True
+    assert agent.posts() == []
+
+
+def test_check_mode_ignores_build_metadata_in_the_order(run, agent):
+    agent.group.highest_version = "2.4+b2"
+    assert run(version="2.4", check_mode=True)["changed"] is True  # not lower than 2.4+b2: the same version
+    assert run(version="2.4+b1", check_mode=True)["changed"] is True
+    assert run(version="2.4-rc1+b3", check_mode=True)["failed"] is True
+    assert agent.posts() == []
+
+
+def test_check_mode_refuses_what_is_not_a_version(run, agent):
+    result = run(version="2.4 beta", check_mode=True)
+    assert result["failed"] is True
+    assert result["msg"] == "group intel-eu1a: cannot start release 2.4 beta: it is not a valid version string"
+    assert agent.posts() == []
+
+
+def _bring(group, target):
+    """Drive the fake group's release of 2.4 to `target` with the agent's own commands, then freeze it."""
+    if target is None:
+        return
+    if target in (contract.ROLLING_BACK, contract.ROLLED_BACK):
+        group.fail = ("h3", "preflight:health", "down")
+    group.start("2.4", False)
+    for dummy in range(20):
+        state = group.release["state"]
+        if state == target:
+            break
+        if target in (contract.PAUSED, contract.ABORTED) and state == contract.DOWNLOADED:
+            group.action(release.ACTION_OF_STATE[target])
+        else:
+            group.tick()
+    assert group.release["state"] == target
+    group.frozen = True
+
+
+def _outcome(result):
+    return bool(result.get("changed")), bool(result.get("failed"))
+
+
+@pytest.mark.parametrize("target", contract.STATES)
+@pytest.mark.parametrize("action", ["paused", "resumed", "aborted", "retried"])
+def test_check_mode_predicts_what_the_agent_does_with_an_action(run, agent, target, action):
+    _bring(agent.group, target)
+    predicted = run(state=action, check_mode=True, wait=False)
+    assert not [path for path in agent.posts() if path.startswith("/v1/releases/current/")]
+    assert _outcome(predicted) == _outcome(run(state=action, wait=False)), predicted["msg"]
+
+
+@pytest.mark.parametrize("target", [None] + list(contract.STATES))
+@pytest.mark.parametrize("version", ["2.4", "2.5", "2.3", "2.2", "2.3-rc1", "2.4-rc1", "2.3+b2", "2.4+b2", "2.4 beta"])
+@pytest.mark.parametrize("allow_downgrade", [False, True])
+def test_check_mode_predicts_what_the_agent_does_with_a_start(run, agent, target, version, allow_downgrade):
+    _bring(agent.group, target)
+    predicted = run(version=version, allow_downgrade=allow_downgrade, check_mode=True, wait=False)
+    done = run(version=version, allow_downgrade=allow_downgrade, wait=False)
+    assert _outcome(predicted) == _outcome(done), (predicted["msg"], done["msg"])
+
+
+def _states_named(text):
+    return re.findall(r"V\(([a-z_]+)\)", text)
+
+
+def test_documented_states_are_the_agents():
+    returned = yaml.safe_load(release.RETURN)["state"]["description"][0]
+    assert _states_named(returned) == list(contract.STATES)
+    wait = yaml.safe_load(release.DOCUMENTATION)["options"]["wait"]["description"][1]
+    assert _states_named(wait.split("terminal state")[1].split(";")[0]) == list(release.ENDED)
+    assert set(release.ENDED) == contract.TERMINAL
 
 
 def test_409_when_another_release_is_in_progress(run, agent):
@@ -236,8 +320,8 @@ def test_action_refused_in_this_state(run, agent):
     run(version="2.4")
     result = run(state="paused")
     assert result["failed"] is True
-    assert result["msg"] == "group intel-eu1a: cannot pause release 2.4 in state current [agent: cannot pause in " \
-                            "state current]; it has ended"
+    assert result["msg"] == "group intel-eu1a: cannot pause release 2.4 in state current [agent: cannot pause a " \
+                            "release in state current]; it has ended"
     check = run(state="paused", check_mode=True)
     assert check["failed"] is True
     assert check["msg"] == "group intel-eu1a: cannot pause release 2.4 in state current; it has ended"
