@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -30,6 +31,27 @@ def trust_policy(cfg: AgentConfig) -> signing.TrustPolicy:
     return signing.TrustPolicy(keys, cfg.artifacts.key_threshold, frozenset(cfg.artifacts.revoked_keys))
 
 
+REFORM_SEED = "reform.json"
+
+
+def take_reform_seed(cfg: AgentConfig) -> dict[str, Any] | None:
+    """The state `quorum-rollout reform` left for this node, used once: only when the Raft data
+    dir is empty (the command moved the old one aside); then renamed `reform.applied.json`."""
+    seed_file = Path(cfg.data_dir) / REFORM_SEED
+    if not seed_file.exists():
+        return None
+    raft = Path(cfg.data_dir) / "raft"
+    if raft.exists() and any(raft.iterdir()):
+        event(log, "reform_seed_ignored", level="warning", group=cfg.group, node=cfg.node_id,
+              cause=f"{raft} is not empty: the node keeps its journal; remove {seed_file} or rerun the reform")
+        return None
+    seed = json.loads(seed_file.read_text())
+    os.replace(seed_file, seed_file.with_name("reform.applied.json"))
+    event(log, "reform_seed_used", level="warning", group=cfg.group, node=cfg.node_id,
+          members=sorted(seed.get("members") or {}))
+    return seed
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -49,10 +71,12 @@ class Agent:
         self._stop = threading.Event()
         self._loops: list[threading.Thread] = []
         self.reporter = RegistryReporter(Registry(cfg.registry), cfg.group)
+        seed = take_reform_seed(cfg)
+        peers = ([rec["address"] for m, rec in sorted(seed["members"].items()) if m != cfg.node_id]
+                 if seed and seed.get("members") else [p.address for p in cfg.raft.peers])
         self.node = GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
-                              peers=[p.address for p in cfg.raft.peers], secret=self.secret,
-                              data_dir=str(data / "raft"), on_change=self._wake_all,
-                              compaction_entries=cfg.raft.compaction_entries)
+                              peers=peers, secret=self.secret, data_dir=str(data / "raft"), on_change=self._wake_all,
+                              compaction_entries=cfg.raft.compaction_entries, seed=seed)
         self._events = [threading.Event(), threading.Event()]
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter)
@@ -140,9 +164,12 @@ def run(cfg: AgentConfig) -> int:
     # pysyncobj creates with the process umask (PYSYNCOBJ.md rule 2). Hooks run with 022.
     os.umask(0o077)
     agent = Agent(cfg)
+    pidfile = Path(cfg.data_dir) / "agent.pid"  # also written by `quorum-rollout service`: the same pid
+    pidfile.write_text(f"{os.getpid()}\n")
     try:
         while not done.wait(1.0):
             pass
     finally:
         agent.stop()
+        pidfile.unlink(missing_ok=True)
     return 0

@@ -163,6 +163,46 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run(cfg)
 
 
+def cmd_reform(args: argparse.Namespace) -> int:
+    """Re-form a group that lost its majority for good from its survivors (run on every survivor,
+    agents stopped, with the same state): the Raft journal is put aside and the agent starts from
+    `--state` with the survivors as the whole group."""
+    from .agent import REFORM_SEED
+    from .fsm import reform
+
+    cfg = load_config(args.config)
+    if not args.i_understand:
+        raise SystemExit("error: re-forming a group discards the lost members and the Raft journal of this node; "
+                         "read docs/operations.md (A group that lost its majority for good), then add --i-understand")
+    if _running_pid(cfg):
+        raise SystemExit(f"error: the agent of {cfg.node_id} is running; stop it first "
+                         f"(quorum-rollout service stop -c {args.config}, or systemctl stop quorum-rollout)")
+    doc = json.loads(Path(args.state).read_text())
+    state = doc.get("state", doc)  # a whole GET /v1/status answer, or its state
+    if state.get("group") != cfg.group:
+        raise SystemExit(f"error: {args.state} is the state of group {state.get('group')!r}, this node is in "
+                         f"{cfg.group!r}")
+    survivors = sorted({s.strip() for s in args.survivors.split(",") if s.strip()})
+    if cfg.node_id not in survivors:
+        raise SystemExit(f"error: this node ({cfg.node_id}) is not among the survivors {survivors}")
+    try:
+        seed = reform(state, survivors, time=time.time(), actor=cfg.node_id)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    data = Path(cfg.data_dir)
+    raft = data / "raft"
+    if raft.exists():
+        aside = data / f"raft.before-reform-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        raft.rename(aside)
+        print(f"moved {raft} to {aside}")
+    fd = os.open(data / REFORM_SEED, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(seed, fh)
+    print(f"{cfg.node_id}: will start group {cfg.group} as {', '.join(survivors)} "
+          f"(version {seed['current_version'] or '-'}); start the agent of every survivor now")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
     print(f"{args.file}: ok (group {cfg.group}, node {cfg.node_id}, {len(cfg.raft.peers)} peers)")
@@ -306,6 +346,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for start/stop")
     p.set_defaults(func=cmd_service)
+
+    p = sub.add_parser("reform", help="re-form a group that lost its majority for good, from its survivors "
+                                      "(see docs/operations.md)")
+    p.add_argument("-c", "--config", required=True, help="this node's agent config")
+    p.add_argument("--state", required=True, help="the group state to start from: a saved GET /v1/status answer "
+                   "(the same file on every survivor: the one with the highest commit_index)")
+    p.add_argument("--survivors", required=True, help="comma-separated node ids of the members that remain")
+    p.add_argument("--i-understand", action="store_true", help="confirm: the other members are gone for good")
+    p.set_defaults(func=cmd_reform)
 
     p = sub.add_parser("check-config", help="validate an agent config file")
     p.add_argument("file")

@@ -669,6 +669,32 @@ def _member_removed(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     return Outcome("accepted")
 
 
+def reform(state: dict[str, Any], survivors: list[str], *, time: float, actor: str) -> dict[str, Any]:
+    """The state a group re-formed from `survivors` starts from (it lost its majority for good: the
+    others are gone). Not a command: every survivor starts from this same state with an empty
+    journal (`quorum-rollout reform`). Membership shrinks to the survivors (all active), liveness
+    is forgotten, a release under way is aborted (its hosts may be gone; start it again), the term
+    fence starts over with the new cluster; everything else (versions, history) is kept.
+    Raises ValueError when a survivor is not a member of `state`."""
+    new = copy.deepcopy(state)
+    members = new.get("members") or {}
+    missing = sorted(set(survivors) - set(members)) if members else []
+    if not survivors or missing:
+        raise ValueError(f"not members of the group: {', '.join(missing) or '(no survivors given)'}")
+    if members:
+        new["members"] = {m: {**rec, "status": ACTIVE, "since": time} for m, rec in members.items() if m in survivors}
+    new["unreachable"], new["leader_term"], new["leader"] = {}, 0, None
+    cmd = {"op": "reform", "time": time, "term": 0, "actor": actor}
+    release = new["release"]
+    if release and release["state"] not in TERMINAL:
+        frm, release["state"] = release["state"], ABORTED
+        _record(new, cmd, frm, "aborted: the group was re-formed from its survivors")
+    release = new["release"]
+    _record(new, cmd, release["state"] if release else None,
+            f"re-formed from {', '.join(sorted(survivors))} (the others lost for good)", touch=False)
+    return new
+
+
 # --- member reports --------------------------------------------------------------------------
 
 

@@ -54,7 +54,7 @@ class GroupNode(SyncObj):
 
     def __init__(self, *, node_id: str, group: str, address: str, peers: list[str], secret: bytes,
                  data_dir: str, on_change: Callable[[], None], tick_period: float = 0.05,
-                 compaction_entries: int = 200) -> None:
+                 compaction_entries: int = 200, seed: dict[str, Any] | None = None) -> None:
         if not secret or len(secret) < 32:
             raise ValueError("the group secret is mandatory (>= 32 bytes): Raft traffic must be "
                              "encrypted and authenticated")
@@ -88,8 +88,9 @@ class GroupNode(SyncObj):
         )
         # Frame cap, per-tick reads, handshake deadline, members only (transport.py, PYSYNCOBJ.md 12/14).
         super().__init__(address, peers, conf, transportClass=HardenedTransport)
-        # Replicated snapshot: everything assigned from here on, i.e. `state` alone.
-        self.state: dict[str, Any] = fsm.initial_state(group)
+        # Replicated snapshot: everything assigned from here on, i.e. `state` alone. A re-formed
+        # group's members all start from the same `seed` with empty journals (quorum-rollout reform).
+        self.state: dict[str, Any] = seed if seed is not None else fsm.initial_state(group)
         self._ticker.start()
 
     # -- Raft thread ---------------------------------------------------------------------------

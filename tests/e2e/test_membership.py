@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,21 @@ def test_a_group_grows_and_shrinks_with_the_inventory(fleet: LocalFleet) -> None
     assert leaving[0] not in members(fleet, staying[0])
     subprocess.run([cli, "resume", "-c", config], check=True, capture_output=True, env=env)
     wait_until(lambda: status(fleet, staying[0])["state"]["release"]["state"] == "current", 120, "2.7 to finish")
+
+    # Two of the four are lost for good: the other two have no majority. playbooks/reform.yml
+    # re-forms the group from them; then site.yml removes the lost ones without touching them.
+    lost, survivors = staying[2:], staying[:2]
+    pids = agent_pids(fleet)
+    for name in lost:
+        os.kill(pids[name], signal.SIGKILL)
+    wait_until(lambda: not status(fleet, survivors[0])["node"]["has_quorum"], 60, "the survivors to lose quorum")
+    fleet.write_inventory(only=survivors, quorum_rollout_log_level="debug")
+    _ok(fleet.playbook("playbooks/reform.yml", "-e", f"survivors={','.join(survivors)}", "-e", "confirm=intel-eu1a",
+                       log="reform"), "reform.yml")
+    assert members(fleet, survivors[0]) == {h: "active" for h in survivors}
+    assert status(fleet, survivors[0])["node"]["has_quorum"]
+    assert status(fleet, survivors[0])["state"]["current_version"] == "2.7"
+    fleet.write_inventory(only=[*survivors, *lost], absent=tuple(lost), quorum_rollout_log_level="debug",
+                          quorum_rollout_force=True)
+    _ok(fleet.playbook("site.yml", log="site-after-reform"), "site.yml after the re-form")
+    assert members(fleet, survivors[0]) == {h: "active" for h in survivors}

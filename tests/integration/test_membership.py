@@ -95,3 +95,49 @@ def test_members_join_and_leave_without_restarting_the_others(make_fleet):
     assert alive[0].status()["node"]["has_quorum"], "two members left of two: a majority"
     done = release_to(fleet, "2.7", alive[0])
     assert done["state"] == "current" and done["members"] == sorted(h.id for h in alive), json.dumps(done)[:500]
+
+
+def test_a_group_that_lost_its_majority_is_reformed_from_its_survivor(make_fleet):
+    """Two of three members are gone for good: the survivor cannot commit. `quorum-rollout reform`
+    (agent stopped) restarts it as the whole group from its last state, and releases go on."""
+    import subprocess
+
+    from tests.support.fleet import CLI
+
+    fleet = make_fleet(3)
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.build_release("2.5")
+    fleet.start()
+    survivor = fleet.hosts[0]
+    assert release_to(fleet, "2.4", survivor)["state"] == "current"
+    for host in fleet.hosts[1:]:
+        host.kill(signal.SIGKILL)
+    wait_for(lambda: not survivor.status()["node"]["has_quorum"], 30, "the survivor to lose its quorum")
+    saved = fleet.base / "survivor-status.json"
+    saved.write_text(json.dumps(survivor.status()))
+    stuck = survivor.post("/v1/releases", {"version": "2.5"})
+    assert stuck.status_code == 202, "no majority: nothing commits"
+
+    def reform(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, "reform", "-c", str(survivor.config_path), "--state", str(saved),
+                               "--survivors", survivor.id, *extra], capture_output=True, text=True, env=fleet.env)
+
+    refused = reform("--i-understand")
+    assert refused.returncode != 0 and "is running" in refused.stderr, refused.stderr
+    survivor.kill(signal.SIGTERM)
+    assert "--i-understand" in reform().stderr, "the command asks for confirmation"
+    done = reform("--i-understand")
+    assert done.returncode == 0, done.stderr
+    assert any(p.name.startswith("raft.before-reform-") for p in survivor.data.iterdir()), "the old journal kept"
+    survivor.start()
+    fleet.pids.add(survivor.proc.pid)
+    wait_for(lambda: survivor.status()["node"]["role"] == "leader" and survivor.status()["node"]["ready"], 30,
+             "the survivor to lead its re-formed group")
+    status = survivor.status()
+    assert [m["id"] for m in status["members"]] == [survivor.id]
+    assert status["state"]["current_version"] == "2.4"
+    assert any(f"re-formed from {survivor.id}" in e["detail"] for e in status["state"]["history"])
+    assert release_to(fleet, "2.5", survivor)["state"] == "current"
+    assert survivor.current() == "2.5"

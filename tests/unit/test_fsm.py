@@ -1001,6 +1001,32 @@ def test_a_current_release_records_the_artifact_joining_members_install():
     assert g.state["current_artifact"]["version"] == "2.4"
 
 
+def test_reform_keeps_the_survivors_aborts_the_release_and_restarts_the_fence():
+    g = seeded(3)
+    g.release_fully("2.4", members=hosts(3))
+    g.start("2.5", members=hosts(3))
+    g.do("liveness", unreachable={"h01": 1.0, "h02": 2.0})
+    before = copy.deepcopy(g.state)
+    new = fsm.reform(g.state, ["h00"], time=99.0, actor="h00")
+    assert g.state == before, "reform is pure"
+    assert list(new["members"]) == ["h00"] and new["members"]["h00"]["status"] == "active"
+    assert new["unreachable"] == {} and new["leader_term"] == 0 and new["leader"] is None
+    assert new["release"]["state"] == ABORTED and new["current_version"] == "2.4"
+    assert [e["detail"] for e in new["history"][-2:]] == [
+        "aborted: the group was re-formed from its survivors", "re-formed from h00 (the others lost for good)"]
+    later, outcome = fsm.apply(new, {"op": "lead", "id": "x", "term": 1, "actor": "h00", "time": 100.0})
+    assert outcome.code == "accepted", "the new cluster's first leader (term 1) is not fenced by the old terms"
+    json.dumps(later)
+
+
+def test_reform_refuses_strangers():
+    g = seeded(2)
+    with pytest.raises(ValueError, match="h07"):
+        fsm.reform(g.state, ["h00", "h07"], time=1.0, actor="h00")
+    with pytest.raises(ValueError):
+        fsm.reform(g.state, [], time=1.0, actor="h00")
+
+
 @pytest.mark.parametrize("term", ["7", 7.0, 7.5, True, -1, float("inf"), float("nan"), [7], {"t": 7}])
 def test_malformed_term_is_rejected(term):
     g = Group()

@@ -16,7 +16,8 @@ The plan, per group, changes one member at a time and restarts one agent at a ti
 * leave: members to remove (hosts set absent, hosts that moved to another group), removed by the
   group's driver (a running member that stays) through the API; then the host stops its agent;
 * restart: running members whose config or code changed, restarted one per wave, followers first,
-  the leader last (one leadership change per group);
+  the leader last (one leadership change per group); all at once in wave 0 when the group's secret
+  changed (members with different secrets cannot talk: one at a time would never regain a quorum);
 * start: members that are not running (a new group bootstraps: all its hosts start together);
 * join: new hosts of a running group, added by the driver one per wave, each started after it is
   added, the next only once it joined.
@@ -72,9 +73,10 @@ def plan(hosts: list[dict[str, Any]]) -> dict[str, Any]:
 
         restarting = sorted((h for h in running if h["restart_needed"]),
                             key=lambda h: (h["id"] == leader, h["id"]))
+        together = any(h.get("secret_changed") for h in staying)
         for k, h in enumerate(restarting):
-            out[h["host"]]["restart_wave"] = k
-        waves["restart_waves"] = max(waves["restart_waves"], len(restarting))
+            out[h["host"]]["restart_wave"] = 0 if together else k
+        waves["restart_waves"] = max(waves["restart_waves"], min(len(restarting), 1) if together else len(restarting))
 
         for h in staying:
             if h not in running and h not in joiners:

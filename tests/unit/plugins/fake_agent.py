@@ -43,6 +43,10 @@ class FakeGroup(object):
         # The group ran current_version before (and keeps no release record of it).
         self.state.update(current_version=current_version, highest_version=current_version)
         self.commands = 0
+        # Its first leader seeded the replicated membership.
+        self.apply("lead", members=dict((m, {"address": "10.0.0.%d:7100" % (i + 1),
+                                             "api_url": "http://10.0.0.%d:7200" % (i + 1)})
+                                        for i, m in enumerate(self.members)))
         # Test controls
         self.fail = None  # (host, step, reason): that host fails when its batch rolls
         self.frozen = False  # when True the release never advances
@@ -90,11 +94,18 @@ class FakeGroup(object):
             "group": self.group,
             "node": {"id": self.node_id, "role": "follower", "leader": LEADER, "term": self.term, "ready": True,
                      "has_quorum": True, "registry": {"ok": True, "error": None}},
+            "members": [dict(rec, id=m, reachable=True, unreachable_since=None, last_contact_seconds=None)
+                        for m, rec in sorted(self.state["members"].items())],
             "state": copy.deepcopy(self.state),
         }
 
     # -- progress: one step per status read ------------------------------------------
     def tick(self):
+        for member, rec in sorted(self.state["members"].items()):  # joins and removals complete
+            if rec["status"] == fsm.JOINING and not self.frozen:
+                self.apply("member_ready", member, host=member, version=self.state["current_version"])
+            elif rec["status"] == fsm.LEAVING and not self.frozen:
+                self.apply("member_removed", member=member)
         rel = self.release
         if self.frozen or rel is None or rel["state"] in contract.TERMINAL or rel["state"] == contract.PAUSED:
             return
@@ -138,6 +149,12 @@ class FakeGroup(object):
             return 404, {"error": "no release", "detail": {}}
         args = dict((k, v) for k, v in (("release", release), ("reason", reason)) if v is not None)
         return self.answer(self.apply(name, **args))
+
+    def member_add(self, member):
+        return self.answer(self.apply("member_add", member=member), created=True)
+
+    def member_remove(self, member):
+        return self.answer(self.apply("member_remove", member=member))
 
     def submit(self, op_id, command):
         """Run the command now, or (pending_polls > 0) answer 202 and run it after that many polls."""
@@ -218,6 +235,12 @@ class _Handler(BaseHTTPRequestHandler):
                                             "detail": {"field": "version"}})
                 return self._send(*group.submit(body.get("operation_id"), lambda: group.start(
                     body["version"], bool(body.get("allow_downgrade")))))
+            if method == "POST" and self.path == "/v1/members":
+                member = dict((k, body.get(k)) for k in ("id", "address", "api_url"))
+                return self._send(*group.submit(body.get("operation_id"), lambda: group.member_add(member)))
+            if method == "DELETE" and self.path.startswith("/v1/members/"):
+                name = self.path[len("/v1/members/"):]
+                return self._send(*group.submit(body.get("operation_id"), lambda: group.member_remove(name)))
             prefix = "/v1/releases/current/"
             if method == "POST" and self.path.startswith(prefix) and self.path[len(prefix):] in contract.ACTIONS:
                 name = self.path[len(prefix):]
@@ -231,6 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # pylint: disable=invalid-name
         self._handle("POST")
+
+    def do_DELETE(self):  # pylint: disable=invalid-name
+        self._handle("DELETE")
 
 
 class FakeAgent(object):

@@ -81,3 +81,10 @@ def test_the_script_reads_stdin_and_prints_json():
     out = subprocess.run([sys.executable, str(SCRIPT)], input=json.dumps(hosts), capture_output=True, text=True,
                          check=True)
     assert json.loads(out.stdout)["hosts"]["web1"]["start"] is True
+
+
+def test_a_new_group_secret_restarts_the_group_together():
+    members = ["h1", "h2", "h3"]
+    hosts = [dict(host(n, members=members, restart=True), secret_changed=True) for n in (1, 2, 3)]
+    plan = membership_plan.plan(hosts)
+    assert {plan["hosts"][f"web{n}"]["restart_wave"] for n in (1, 2, 3)} == {0} and plan["restart_waves"] == 1

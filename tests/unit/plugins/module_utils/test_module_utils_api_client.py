@@ -71,7 +71,8 @@ def test_start_release_and_actions(agent):
     assert client.action("pause")["release"]["state"] == "paused"
     assert client.action("pause")["changed"] is False
     assert client.action("resume")["changed"] is True
-    assert [e["op"] for e in client.events()][:2] == ["start", "pause"]
+    ops = [e["op"] for e in client.events()]
+    assert ops[0] == "lead" and ops[1:3] == ["start", "pause"], "the history opens with the leader's announcement"
 
 
 def test_unknown_action_is_refused_before_any_request(agent):
