@@ -185,8 +185,8 @@ def run(module, client):
                 client.remove_member(member_id)
         except AgentApiError as exc:
             if exc.status == 409:
-                module.fail_json(msg="group %s: cannot %s %s: %s" % (group, "add" if present else "remove",
-                                                                      member_id, exc.error),
+                verb = "add" if present else "remove"
+                module.fail_json(msg="group %s: cannot %s %s: %s" % (group, verb, member_id, exc.error),
                                  **_result(status, member_id, False))
             raise
     if module.check_mode or not p["wait"]:
@@ -208,8 +208,8 @@ def run(module, client):
             group, member_id, (record or {}).get("status", "a member"), p["wait_timeout"],
             " (is its agent running? it installs the group's version before it counts)" if present else ""),
             **_result(status, member_id, changed))
-    return _result(status, member_id, changed, "group %s: %s %s" % (group, member_id,
-                                                                   "active" if present else "removed"))
+    done_msg = "group %s: %s %s" % (group, member_id, "active" if present else "removed")
+    return _result(status, member_id, changed, done_msg)
 
 
 def main():

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.fleet import processes_under
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 MIRROR_PORT = 8000
@@ -271,6 +273,8 @@ class LocalFleet:
     def stop(self, timeout: float = 15) -> list[str]:
         """Stop every recorded process by PID: SIGTERM, then SIGKILL after `timeout`. Returns what it stopped."""
         pids = {pid: what for pid, what in self.pids().items() if self.is_ours(pid)}
+        # And what a restart hook orphaned by a killed agent may have started.
+        pids.update({pid: "orphan" for pid in processes_under(self.base) if pid not in pids})
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)

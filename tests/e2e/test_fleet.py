@@ -210,6 +210,20 @@ def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
     assert {h.current() for g, hs in fleet.groups.items() if g != group for h in hs} <= {"2.4", "2.5"}
 
 
+def test_a_version_on_no_mirror_is_refused_in_every_group(fleet: LocalFleet) -> None:
+    """release.yml of a version nobody published: every group refuses it before anything is
+    committed, the table says so per group, the play fails, nothing changed."""
+    before = {h.name: h.current() for h in fleet.hosts}
+    proc = fleet.playbook("release.yml", "-e", "version=9.9", "-e", "rollout_poll=1", log="release-9.9")
+    assert proc.returncode != 0
+    lines = _lines_of_last_debug(proc.stdout)
+    assert sorted(line.split()[0] for line in lines) == sorted(fleet.groups)
+    for line in lines:
+        assert line.split()[1:3] == ["refused", "9.9"] and "not published on any mirror" in line, lines
+    assert "Nothing was started in this group" in proc.stdout
+    assert {h.name: h.current() for h in fleet.hosts} == before
+
+
 def test_agent_logs_are_json_lines_without_floods(fleet: LocalFleet) -> None:
     """What an operator's log shipper reads after install, releases, a rollback and re-runs: every
     line of every agent's log is one JSON object, and no line repeats more than a few times a

@@ -132,7 +132,11 @@ def test_every_agent_killed_mid_rollout_resumes_and_completes(make_fleet):
     assert done["state"] == "current", json.dumps(done, indent=1)
     for host in fleet.hosts:
         assert host.current() == "2.4"
-        assert installs(host, "2.4") == 1
+        # At most once: an agent killed between switching `current` and logging it finds the switch
+        # done when it comes back (install_skipped) and does not switch again.
+        skipped = [e for e in host.events("install_skipped") if e.get("release") == done["id"]]
+        n = installs(host, "2.4")
+        assert n == 1 or (n == 0 and skipped), (host.id, n)
 
 
 def test_second_release_while_one_runs_is_refused(make_fleet):

@@ -42,6 +42,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
                                                                               if last_exc else ""))
 
 
+def processes_under(base: Path) -> set[int]:
+    """PIDs of the processes whose command line names `base` (a test's own directory)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if str(base).encode() in cmdline:
+                found.add(int(entry.name))
+    return found
+
+
 def free_subnet() -> str:
     """A random 127.a.b.0/24 so concurrent test runs never share addresses or ports."""
     return f"127.{random.randint(20, 250)}.{random.randint(1, 250)}"
@@ -298,13 +312,18 @@ class Fleet:
         return wait_for(done, timeout, f"release state in {states}", interval=0.2)
 
     def close(self) -> None:
+        """Stop every process of this fleet: the agents first (so no restart hook starts another
+        demo service afterwards), then every recorded PID and every process still running a
+        program from this fleet's directory (a hook orphaned by a killed agent may have started one)."""
+        for host in self.hosts:
+            host.kill(signal.SIGTERM)
         for host in self.hosts:
             self._demo_pid(host)
-            host.kill(signal.SIGTERM)
-        for pid in sorted(self.pids):
+        for pid in sorted(self.pids | processes_under(self.base)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         if self.mirror:
             self.mirror.wait(timeout=5)
+
