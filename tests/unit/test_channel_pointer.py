@@ -4,7 +4,7 @@ refusal, and a manifest and a pointer can never stand in for each other."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +179,47 @@ def test_a_manifest_is_not_a_pointer_and_a_pointer_is_not_a_manifest(tmp_path: P
         verify(manifest, policy(signers))
     with pytest.raises(MalformedManifest, match=r"signed\.file: missing"):
         signing.verify_manifest(wire(signed_part(), signers[0]), policy(signers), now=NOW, name="demo-app")
+
+
+# ------------------------------------------------------------------------ publishing (the CLI)
+
+
+def test_sign_with_a_channel_publishes_the_pointer_next_to_the_release(tmp_path: Path, capsys: Any) -> None:
+    from quorum_rollout import cli
+
+    assert cli.main(["keygen", "--out", str(tmp_path / "release")]) == 0
+    public = json.loads(capsys.readouterr().out)["public_key"]
+    pol = TrustPolicy({signing.key_id(public): public}, 1)
+    artifact = tmp_path / "demo-app-2.4.tar.gz"
+    artifact.write_bytes(b"release")
+    mirror = tmp_path / "mirror"
+    key = str(tmp_path / "release.key")
+    assert cli.main(["sign", str(artifact), "--name", "demo-app", "--version", "2.4", "--key", key,
+                     "--mirror-dir", str(mirror), "--channel", "stable"]) == 0
+    path = mirror / "demo-app" / "channels" / "stable.json"
+    assert str(path) in capsys.readouterr().out
+    now = datetime.now(timezone.utc)
+    assert signing.verify_pointer(path.read_bytes(), pol, now=now, name="demo-app", channel="stable").version == "2.4"
+    assert (path.stat().st_mode & 0o777) == 0o644 and not list(path.parent.glob(".*.tmp"))
+    # Point another channel at the published release, without signing the manifest again.
+    before = (mirror / "demo-app" / "2.4" / "manifest.json").read_bytes()
+    assert cli.main(["channel", "publish", "--name", "demo-app", "--version", "2.4", "--channel", "beta",
+                     "--key", key, "--mirror-dir", str(mirror), "--expires-days", "1"]) == 0
+    beta = signing.verify_pointer((path.parent / "beta.json").read_bytes(), pol, now=now, name="demo-app",
+                                  channel="beta")
+    assert beta.expires - beta.created == timedelta(days=1)
+    assert (mirror / "demo-app" / "2.4" / "manifest.json").read_bytes() == before
+
+
+def test_publishing_a_pointer_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    from quorum_rollout import cli
+
+    with pytest.raises(SystemExit, match=r"publish demo-app 2\.5 first"):
+        cli.main(["channel", "publish", "--name", "demo-app", "--version", "2.5", "--channel", "stable",
+                  "--key", str(tmp_path / "k.key"), "--mirror-dir", str(tmp_path)])
+    artifact = tmp_path / "a.tar.gz"
+    artifact.write_bytes(b"x")
+    with pytest.raises(SystemExit, match="--channel needs --mirror-dir"):
+        cli.main(["sign", str(artifact), "--name", "demo-app", "--version", "2.5", "--key", "k", "--channel", "s"])
+    with pytest.raises(SystemExit):  # argparse: not a channel name
+        cli.main(["sign", str(artifact), "--name", "demo-app", "--version", "2.5", "--key", "k", "--channel", "a/b"])
