@@ -64,7 +64,8 @@ def decide(version: str, state: dict[str, Any], running_version: str | None = No
     known = [v for v in (state.get("current_version"), state.get("highest_version")) if v]
     baseline = max(known, key=cmp_to_key(fsm.compare_versions)) if known else running_version
     if baseline is not None and fsm.compare_versions(version, baseline) <= 0:
-        return Decision(False, NOT_NEWER, f"{version} is not newer than {baseline}")
+        return Decision(False, NOT_NEWER, f"{version} is not newer than {baseline}, "
+                        f"{'what the group runs or ran' if known else 'what the leader runs'}")
     return Decision(True, START, f"{version} is newer than {baseline or 'nothing installed'}")
 
 
@@ -191,11 +192,12 @@ class ChannelPoller:
             event(log, "proposal_failed", level="warning", cause=str(exc), **fields)
             return
         release = self.node.state["release"]
-        self._note("decision", (version, "proposed", result["code"]), "channel_release_started"
-                   if result["code"] == "accepted" else "channel_start_refused",
-                   level="info" if result["code"] == "accepted" else "warning", version=version, mirror=mirror,
-                   outcome=result["code"], cause=result["reason"] or None,
-                   release=release["id"] if release else None, **fields)
+        started = result["code"] == "accepted"
+        self._note("decision", (version, "proposed", result["code"]),
+                   "channel_release_started" if started else "channel_start_refused",
+                   level="info" if started else "warning", version=version, mirror=mirror, outcome=result["code"],
+                   release=release["id"] if release else None,
+                   **({"cause": result["reason"]} if result["reason"] else {}), **fields)
 
     # -- helpers -------------------------------------------------------------------------------
 
