@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import api, artifacts, fsm, install, signing
+from .channel import ChannelPoller
 from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode
@@ -79,7 +80,9 @@ class Agent:
                               compaction_entries=cfg.raft.compaction_entries, seed=seed)
         self._events = [threading.Event(), threading.Event()]
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
-        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter)
+        # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
+        self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
+        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel)
         self.worker = Worker(self.node, cfg, self.sources)
         self.operations = Operations(self.node, group=cfg.group)
         self.operations.start()
@@ -90,7 +93,7 @@ class Agent:
             thread.start()
             self._loops.append(thread)
         event(log, "agent_started", group=cfg.group, node=cfg.node_id, raft=cfg.raft.address,
-              api=f"{cfg.api.bind}:{cfg.api.port}", peers=len(cfg.raft.peers))
+              api=f"{cfg.api.bind}:{cfg.api.port}", peers=len(cfg.raft.peers), channel=cfg.artifacts.channel)
 
     def _wake_all(self) -> None:
         # Runs on the Raft thread: only set events, never block.
@@ -144,6 +147,8 @@ class Agent:
         self.server.server_close()
         for thread in self._loops:
             thread.join(timeout=10)
+        if self.channel is not None:
+            self.channel.stop()
         self.operations.stop()
         self.node.stop()
         self.reporter.stop()

@@ -82,6 +82,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "drift": drift(agent),
             "mirrors": artifacts.known_order(agent.cfg.artifacts.mirrors),
             "registry": {k: agent.reporter.status[k] for k in ("ok", "error")},
+            # Autonomous mode (null when off): the channel, its interval and this node's last poll as leader.
+            "channel": agent.channel.status() if agent.channel is not None else None,
         },
         "members": members_document(agent),
         "state": node.state,
@@ -131,6 +133,9 @@ def metrics_text(agent: Agent) -> str:
         "# HELP quorum_rollout_host_drift 1 if this host's current release disagrees with the group's state.",
         "# TYPE quorum_rollout_host_drift gauge",
         f"quorum_rollout_host_drift{{{labels}}} {int(drift(agent) is not None)}",
+        "# HELP quorum_rollout_channel_paused 1 if the operator paused the group's release channel.",
+        "# TYPE quorum_rollout_channel_paused gauge",
+        f"quorum_rollout_channel_paused{{{labels}}} {int(fsm.channel_record(state)['paused'])}",
         "# HELP quorum_rollout_registry_ok 1 if the last registry report succeeded.",
         "# TYPE quorum_rollout_registry_ok gauge",
         f"quorum_rollout_registry_ok{{{labels}}} {int(bool(agent.reporter.status['ok']))}",
@@ -223,6 +228,9 @@ class Handler(BaseHTTPRequestHandler):
             m = re.match(r"^/v1/releases/current/([a-z]+)$", path)
             if method == "POST" and m:
                 return self._action(m.group(1))
+            m = re.match(r"^/v1/channel/([a-z]+)$", path)
+            if method == "POST" and m:
+                return self._channel(m.group(1))
             m = re.match(r"^/v1/operations/([^/]+)$", path)
             if method == "GET" and m:
                 return self._operation(m.group(1))
@@ -293,6 +301,14 @@ class Handler(BaseHTTPRequestHandler):
         args = {k: body[k] for k in ("release", "reason") if body.get(k) is not None}
         self._submit(action, body.get("operation_id"), created=False, **args)
 
+    def _channel(self, action: str) -> None:
+        """Pause or resume the group's release channel (autonomous mode): a replicated flag the
+        leader reads before it starts anything the channel names."""
+        if action not in ("pause", "resume"):
+            raise ApiError(404, f"unknown channel action {action!r}; use pause or resume")
+        body = self._body(("operation_id",))
+        self._submit("channel", body.get("operation_id"), created=False, paused=action == "pause")
+
     def _submit(self, op: str, op_id: str | None, *, created: bool, **args: Any) -> None:
         """Propose and answer with the outcome; 202 with the operation id when the outcome is not
         known yet (timeout, leader change): the command may still commit, so the client asks
@@ -317,8 +333,11 @@ class Handler(BaseHTTPRequestHandler):
         if status >= 400:
             raise ApiError(status, result["reason"], state=release and release["state"],
                            version=release and release["version"], operation_id=op_id)
-        self._send(status, {"changed": result["code"] == "accepted", "reason": result["reason"],
-                            "operation": operations.document(op_id), "release": release})
+        answer = {"changed": result["code"] == "accepted", "reason": result["reason"],
+                  "operation": operations.document(op_id), "release": release}
+        if op == "channel":
+            answer["channel"] = fsm.channel_record(self.agent.node.state)
+        self._send(status, answer)
 
     def _member_add(self) -> None:
         body = self._body(("id", "address", "api_url", "operation_id"))

@@ -40,15 +40,20 @@ import urllib3
 
 from quorum_rollout.log import event as log_event
 from quorum_rollout.signing import (
+    MAX_POINTER_BYTES,
+    ChannelPointer,
     HashMismatch,
     LengthMismatch,
     MalformedManifest,
     Manifest,
     ManifestTooLarge,
+    MalformedPointer,
+    PointerTooLarge,
     TrustError,
     TrustPolicy,
     to_datetime,
     verify_manifest,
+    verify_pointer,
 )
 
 CHUNK = 64 * 1024
@@ -109,6 +114,17 @@ class NotPublished(MirrorUnavailable):
                       "and artifacts.mirrors")
         self.args = (f"{name} {version} {self.cause}",)
         self.name, self.version = name, version
+
+
+class ChannelNotPublished(MirrorUnavailable):
+    """Every mirror answered 404 for the channel pointer: nothing is published on that channel."""
+
+    def __init__(self, name: str, channel: str, causes: Causes) -> None:
+        super().__init__(f"channel {channel} of {name}", causes=causes)
+        mirrors = ", ".join(m for m, _ in self.causes)
+        self.cause = (f"is not published on any mirror (404 from: {mirrors}); publish it (`publish.yml -e "
+                      f"channel={channel}`, `quorum-rollout channel publish`) or check artifacts.channel")
+        self.args = (f"channel {channel} of {name} {self.cause}",)
 
 
 class PeersUnavailable(ArtifactError):
@@ -564,49 +580,55 @@ def invalidate(mirrors: Sequence[str] | None = None) -> None:
 
 
 def _get_manifest(sess: requests.Session, url: str, cfg: Any, bounds: _Bounds) -> bytes:
-    limit = cfg.max_manifest_bytes
+    return _get_document(sess, url, bounds, cfg.max_manifest_bytes, "manifest", ManifestTooLarge,
+                         "artifacts.max_manifest_bytes")
+
+
+def _get_document(sess: requests.Session, url: str, bounds: _Bounds, limit: int, noun: str,
+                  too_large: type[TrustError], limit_name: str) -> bytes:
+    """A small signed document (manifest, channel pointer): at most `limit` bytes read, decoded."""
     with _get(sess, url, {}, bounds) as resp:
         if resp.status_code != 200:
             raise HttpError(url, resp.status_code, resp.reason or "")
         ctype = resp.headers.get("Content-Type", "")
         if "html" in ctype.lower():
-            raise ArtifactError(url, f"answered {ctype!r}, not a manifest (error page or captive portal?)")
+            raise ArtifactError(url, f"answered {ctype!r}, not a {noun} (error page or captive portal?)")
         declared = resp.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ManifestTooLarge(f"{url}: manifest announces {declared} bytes, over artifacts.max_manifest_bytes "
-                                   f"({limit}); refused")
+            raise too_large(f"{url}: {noun} announces {declared} bytes, over {limit_name} ({limit}); refused")
         raw = bytearray()
         for chunk in _arrivals(url, resp, bounds, expected=int(declared) if declared.isdigit() else None):
             raw += chunk
             if len(raw) > limit:
                 break
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
-    body = bytes(raw) if len(raw) > limit else _decoded(url, bytes(raw), encoding, limit)
+    body = bytes(raw) if len(raw) > limit else _decoded(url, bytes(raw), encoding, limit, noun)
     if len(body) > limit:
-        raise ManifestTooLarge(f"{url}: manifest is over artifacts.max_manifest_bytes ({limit}); refused")
+        raise too_large(f"{url}: {noun} is over {limit_name} ({limit}); refused")
     return body
 
 
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def _decoded(url: str, raw: bytes, encoding: str, limit: int) -> bytes:
-    """A manifest without its Content-Encoding, at most `limit` + 1 bytes (a compression bomb stops
+def _decoded(url: str, raw: bytes, encoding: str, limit: int, noun: str = "manifest") -> bytes:
+    """A document without its Content-Encoding, at most `limit` + 1 bytes (a compression bomb stops
     there). Read raw, since urllib3's decoding read1 may wait on several reads in one call."""
     if encoding in ("", "identity"):
         return raw
     if encoding not in _WBITS:
-        raise ArtifactError(url, f"manifest sent with Content-Encoding {encoding!r}; only gzip and deflate are "
+        raise ArtifactError(url, f"{noun} sent with Content-Encoding {encoding!r}; only gzip and deflate are "
                                  "decoded (the agent asks for identity)")
     try:
         return zlib.decompressobj(_WBITS[encoding]).decompress(raw, limit + 1)
     except zlib.error as exc:
-        raise ArtifactError(url, f"manifest Content-Encoding {encoding} does not decode: {exc}") from None
+        raise ArtifactError(url, f"{noun} Content-Encoding {encoding} does not decode: {exc}") from None
 
 
 def _is_trust_failure(exc: Exception) -> bool:
     """Signature/expiry/rollback/hash refusals, as opposed to a mirror that is down or broken."""
-    return isinstance(exc, TrustError) and not isinstance(exc, (MalformedManifest, ManifestTooLarge))
+    return isinstance(exc, TrustError) and not isinstance(
+        exc, (MalformedManifest, ManifestTooLarge, MalformedPointer, PointerTooLarge))
 
 
 def _listing(failures: list[tuple[str, Exception]], empty: str = "") -> str:
@@ -678,6 +700,49 @@ def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, gro
     if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
         raise NotPublished(cfg.name, version, failures)
     _raise_all_failed(f"{cfg.name} {version}", failures)
+    raise AssertionError("unreachable")
+
+
+def channel_url(mirror: str, name: str, channel: str) -> str:
+    return f"{mirror}/{quote(name)}/channels/{quote(channel)}.json"
+
+
+def fetch_channel(cfg: Any, policy: TrustPolicy, *, now: Any, log: Log = None,
+                  session: requests.Session | None = None, deadline: float | None = None,
+                  cancel: threading.Event | None = None) -> tuple[ChannelPointer, str]:
+    """The verified pointer of channel `cfg.channel` from the first mirror (latency order) serving
+    a valid one, and that mirror. Each mirror that does not is reported to `log` as one
+    `channel_refused` event (mirror, channel, cause, kind) and the next is tried at once (the
+    caller polls again later). Refusals as in `fetch_manifest`: the first trust refusal when no
+    mirror serves a valid pointer, `ChannelNotPublished` when all answer 404, else
+    `MirrorUnavailable`; `DeadlineExceeded`/`Cancelled` end the call at once."""
+    channel = cfg.channel
+    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
+    failures: list[tuple[str, Exception]] = []
+    sess = session or requests.Session()
+    try:
+        for mirror in order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess, deadline=deadline,
+                                    cancel=cancel):
+            url = channel_url(mirror, cfg.name, channel)
+            try:
+                raw = _get_document(sess, url, bounds, MAX_POINTER_BYTES, "channel pointer", PointerTooLarge,
+                                    "the channel pointer limit")
+                return verify_pointer(raw, policy, now=now, name=cfg.name, channel=channel), mirror
+            except _STOP as exc:
+                _add_earlier(exc, failures)
+                raise
+            except (ArtifactError, TrustError) as exc:
+                failures.append((mirror, exc))
+                _emit(log, "channel_refused", "warning", mirror=mirror, channel=channel, cause=str(exc)[:500],
+                      kind=type(exc).__name__)
+    finally:
+        if failures:
+            invalidate(cfg.mirrors)
+        if session is None:
+            sess.close()
+    if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
+        raise ChannelNotPublished(cfg.name, channel, failures)
+    _raise_all_failed(f"channel {channel} of {cfg.name}", failures)
     raise AssertionError("unreachable")
 
 

@@ -1,10 +1,11 @@
-"""`quorum-rollout` command line: agent, service, status, release, keygen, sign, verify, check-config."""
+"""`quorum-rollout` command line: agent, service, status, release, channel, keygen, sign, verify, check-config."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -64,6 +65,15 @@ def _render_status(doc: dict[str, Any]) -> str:
         f"group {doc['group']}  node {node['id']} ({node['role']}, term {node['term']}, "
         f"leader {node['leader'] or '-'})  group runs {state['current_version'] or '-'}",
     ]
+    polled, paused = node.get("channel"), (state.get("channel") or {}).get("paused", False)
+    if polled or paused:
+        name = polled["name"] if polled else "(not configured on this node)"
+        last = (polled or {}).get("decision") or {}
+        seen = (polled or {}).get("pointer") or {}
+        tail = f"; last poll: {seen.get('version')} ({last.get('reason')})" if last else ""
+        if polled and polled.get("error"):
+            tail = f"; last poll refused: {polled['error'][:200]}"
+        lines.append(f"channel {name}: {'paused' if paused else 'active'}{tail}")
     if not release:
         lines.append("no release yet")
         return "\n".join(lines)
@@ -138,6 +148,13 @@ def cmd_release(args: argparse.Namespace) -> int:
     doc, outcome = _submit(args, "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade,
                                                    "allow_unreachable": args.allow_unreachable})
     print(json.dumps(doc, indent=2) if args.json else _outcome_line(f"release {args.version}", doc, outcome))
+    return {"committed": 0, "rejected": 1}.get(outcome, 3)
+
+
+def cmd_channel(args: argparse.Namespace) -> int:
+    """Pause or resume the group's release channel (autonomous mode)."""
+    doc, outcome = _submit(args, f"/v1/channel/{args.action}", {})
+    print(json.dumps(doc, indent=2) if args.json else _outcome_line(f"channel {args.action}", doc, outcome))
     return {"committed": 0, "rejected": 1}.get(outcome, 3)
 
 
@@ -289,7 +306,36 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_pointer(mirror_dir: str, name: str, channel: str, version: str, keys: list[str],
+                   expires_days: float) -> Path:
+    """Sign `<mirror_dir>/<name>/channels/<channel>.json` naming `version`, replaced atomically (mirrors
+    serve it while it changes)."""
+    signed = signing.build_pointer(name, channel, version, expires_in=expires_days * 86400, now=time.time())
+    doc = signing.sign(signed, [signing.load_private_key(k) for k in keys])
+    dest = Path(mirror_dir) / name / "channels" / f"{channel}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+    return dest
+
+
+def cmd_channel_publish(args: argparse.Namespace) -> int:
+    """Point a channel at a version already published in the mirror directory."""
+    manifest = Path(args.mirror_dir) / args.name / args.version / "manifest.json"
+    if not manifest.is_file():
+        raise SystemExit(f"error: {manifest} does not exist: publish {args.name} {args.version} first "
+                         f"(quorum-rollout sign ... --mirror-dir {args.mirror_dir}), then point the channel at it")
+    dest = _write_pointer(args.mirror_dir, args.name, args.channel, args.version, args.key, args.expires_days)
+    print(f"published {dest}: channel {args.channel} -> {args.name} {args.version}")
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
+    if args.channel and not args.mirror_dir:
+        raise SystemExit("error: --channel needs --mirror-dir: the pointer goes to "
+                         "<mirror-dir>/<name>/channels/<channel>.json, next to the release")
     artifact = Path(args.artifact)
     signed = signing.build_signed(artifact, args.name, args.version, expires_in=args.expires_days * 86400,
                                   targets=args.target or None, now=time.time())
@@ -302,6 +348,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
             shutil.copyfile(artifact, dest / artifact.name)
         (dest / "manifest.json").write_text(text)
         print(f"published {dest / 'manifest.json'} and {dest / artifact.name}")
+        if args.channel:
+            pointer = _write_pointer(args.mirror_dir, args.name, args.channel, args.version, args.key,
+                                     args.expires_days)
+            print(f"published {pointer}: channel {args.channel} -> {args.name} {args.version}")
     elif args.output:
         Path(args.output).write_text(text)
     else:
@@ -321,6 +371,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def _channel_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value) or value in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a channel name (1-64 characters from A-Z a-z 0-9 . _ -)")
+    return value
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -396,8 +452,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-days", type=float, default=30.0)
     p.add_argument("--target", action="append", help="group pattern this release is for (repeatable)")
     p.add_argument("--mirror-dir", help="publish artifact + manifest in mirror layout under this dir")
+    p.add_argument("--channel", type=_channel_name,
+                   help="also point this channel at the release (<mirror-dir>/<name>/channels/<channel>.json)")
     p.add_argument("-o", "--output", help="manifest path (default stdout)")
     p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("channel", help="autonomous mode: pause/resume a group's channel, or publish a pointer")
+    channel_sub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("pause", "the leader starts nothing from the channel in this group"),
+                         ("resume", "the leader starts what the channel names again")):
+        q = channel_sub.add_parser(action, help=text)
+        _api_args(q)
+        q.set_defaults(func=cmd_channel)
+    q = channel_sub.add_parser("publish", help="point a channel at a version published in a mirror directory")
+    q.add_argument("--name", required=True)
+    q.add_argument("--version", required=True)
+    q.add_argument("--channel", required=True, type=_channel_name)
+    q.add_argument("--key", action="append", required=True, help="private key (repeat for k-of-n)")
+    q.add_argument("--expires-days", type=float, default=30.0)
+    q.add_argument("--mirror-dir", required=True, help="the mirror directory the release is published in")
+    q.set_defaults(func=cmd_channel_publish)
 
     p = sub.add_parser("verify", help="verify a manifest (and artifact) against trusted keys")
     p.add_argument("manifest")

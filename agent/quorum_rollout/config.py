@@ -100,6 +100,8 @@ class ArtifactsConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     peer_timeout: float = 5.0
+    channel: str | None = None     # autonomous mode: the leader polls <mirror>/<name>/channels/<channel>.json
+    channel_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,9 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
                     "use the id printed by `quorum-rollout keygen`")
     threshold = s.number("key_threshold", int, 1, 1, high=len(keys),
                          fix=f"use a number from 1 to {len(keys)} (the number of trusted keys)")
+    channel = s.ident("channel", None)
+    if channel in (".", ".."):
+        s.fail("channel", f"must not be {channel!r}", "use a channel name such as stable, or leave it out")
     usable = sum(1 for k in keys if k.id not in revoked)
     if threshold > usable:
         s.fail("key_threshold", f"needs {threshold} signatures but only {usable} trusted keys are not revoked",
@@ -426,6 +431,9 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
         connect_timeout=s.number("connect_timeout", float, 5.0, 0, strict=True),
         read_timeout=s.number("read_timeout", float, 30.0, 0, strict=True),
         peer_timeout=s.number("peer_timeout", float, 5.0, 0, strict=True),
+        channel=channel,
+        channel_interval=s.number("channel_interval", float, ArtifactsConfig.channel_interval, 0, strict=True,
+                                  fix="use seconds between two polls of the channel, e.g. 60"),
     )
 
 

@@ -124,8 +124,10 @@ _LONG_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify"}
 
 class Coordinator:
     def __init__(self, node: Any, cfg: AgentConfig, sources: Sources, reporter: RegistryReporter, *,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 channel: Any = None) -> None:
         self.node = node
+        self.channel = channel  # channel.ChannelPoller in autonomous mode: ticked while leading, never waited on
         self.cfg = cfg
         self.sources = sources
         self.reporter = reporter
@@ -160,6 +162,8 @@ class Coordinator:
         self._report_registry(state)
         self._watch_members(state, term)
         self._reconcile_cluster(state, term)
+        if self.channel is not None:
+            self.channel.tick(term)  # returns at once: the poll runs in its own thread, with a deadline
         release = state["release"]
         if release:
             self._drive(state, release, term)

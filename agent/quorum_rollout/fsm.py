@@ -15,6 +15,10 @@ already applied is a no-op (pysyncobj may commit a command whose outcome looked 
 Release states, in order: running_old_release -> downloaded_in_leader -> verified ->
 rolling (batch k of n) -> current. Any failure -> rolling_back -> rolled_back.
 Operator states: paused (from any pre-terminal forward state), aborted.
+
+Autonomous mode keeps a small `channel` record: whether the operator paused the channel in this
+group, and the versions that rolled back or were aborted here, which a `start` from the channel
+(one that names its `channel`) never starts again.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ HISTORY_LIMIT = 200
 REJECTED_LIMIT = 50
 APPLIED_LIMIT = 512
 COMMAND_DEPTH_LIMIT = 12  # nesting allowed in a command; deeper data would break deepcopy/json later
+CHANNEL_FAILED_LIMIT = 20  # versions remembered as rolled back or aborted (the channel skips them)
 
 
 @dataclass(frozen=True)
@@ -95,11 +100,21 @@ def initial_state(group: str) -> dict[str, Any]:
         "unreachable": {},         # member -> wall time of its last contact, as the leader reported it
         "members": {},             # node id -> {address, api_url, status, since}: the group's membership
         "current_artifact": None,  # the artifact of current_version (a joining member installs it)
+        "channel": initial_channel(),  # autonomous mode: paused by the operator? versions not to start again
         "seq": 0,
         "history": [],
         "rejected": [],
         "applied": [],
     }
+
+
+def initial_channel() -> dict[str, Any]:
+    return {"paused": False, "failed": []}
+
+
+def channel_record(state: dict[str, Any]) -> dict[str, Any]:
+    """The group's channel record (a state restored from an agent before autonomous mode has none)."""
+    return state.get("channel") or initial_channel()
 
 
 def plan_batches(members: list[str], leader: str | None, fraction: float, canary: bool) -> list[list[str]]:
@@ -297,11 +312,34 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     reachable = sorted(m for m in members if m not in unreachable)
     if not reachable:
         return Outcome("conflict", "every member is unreachable")
+    channel = cmd.get("channel")
+    if channel is not None:
+        refused = _channel_start_refusal(state, cmd, channel, version)
+        if refused:
+            return refused
     _new_release(state, cmd, version, reachable, fraction, canary, attempt=1)
     state["release"]["excluded"] = unreachable
+    state["release"]["channel"] = channel
+    if channel is not None:
+        state["history"][-1]["detail"] += f" (channel {channel})"
     if unreachable:
         state["history"][-1]["detail"] += f" without unreachable {', '.join(unreachable)}"
     return Outcome("accepted")
+
+
+def _channel_start_refusal(state: dict[str, Any], cmd: dict[str, Any], channel: Any, version: str) -> Outcome | None:
+    """A start the leader proposes because the channel names `version`: refused while the operator
+    paused the channel, for a version that rolled back or was aborted here, and from a deposed leader."""
+    if not isinstance(channel, str) or not _MEMBER_ID_RE.match(channel):
+        return Outcome("invalid", "start: channel must be a channel name (1-64 characters from A-Z a-z 0-9 . _ -)")
+    record = channel_record(state)
+    if record["paused"]:
+        return Outcome("conflict", f"the channel is paused in group {state['group']}: nothing starts from it until "
+                       "`quorum-rollout channel resume`")
+    if version in record["failed"]:
+        return Outcome("conflict", f"{version} rolled back or was aborted in this group: the channel does not start it "
+                       "again; publish a newer version to the channel, or start this one by hand")
+    return _fence(state, cmd)
 
 
 def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, members: list[str],
@@ -319,6 +357,7 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
         "paused_from": None,
         "members": members,
         "excluded": [],            # members left out because they were unreachable (allow_unreachable)
+        "channel": None,           # the channel the leader started it from (autonomous mode), None by hand
         "batch_fraction": fraction,
         "canary": canary,
         "batches": [],
@@ -382,6 +421,7 @@ def _abort(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         return Outcome("conflict", f"release is already {release['state']}; start a new release instead")
     frm = release["state"]
     release["state"] = ABORTED
+    _channel_failed(state, release["version"])
     _record(state, cmd, frm, cmd.get("reason") or "aborted by operator")
     return Outcome("accepted")
 
@@ -548,6 +588,32 @@ def _liveness(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
                                          f"reachable again: {', '.join(back)}" if back else "") if part)
     _record(state, cmd, release["state"] if release else None, detail, touch=False)
     return Outcome("accepted")
+
+
+# --- autonomous mode -------------------------------------------------------------------------
+
+
+def _channel(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The operator pauses or resumes the channel in this group: while paused the leader starts
+    nothing from it (a release already under way goes on; pause that one with `pause`)."""
+    paused = cmd["paused"]
+    if not isinstance(paused, bool):
+        return Outcome("invalid", f"channel: paused must be true or false, got {paused!r}")
+    record = channel_record(state)
+    if record["paused"] == paused:
+        return Outcome("noop", f"the channel is already {'paused' if paused else 'active'}")
+    state["channel"] = {**record, "paused": paused}
+    release = state["release"]
+    _record(state, cmd, release["state"] if release else None, f"channel {'paused' if paused else 'resumed'}",
+            touch=False)
+    return Outcome("accepted")
+
+
+def _channel_failed(state: dict[str, Any], version: str) -> None:
+    """Remember a version that rolled back or was aborted: the channel never starts it again."""
+    record = channel_record(state)
+    failed = [v for v in record["failed"] if v != version] + [version]
+    state["channel"] = {**record, "failed": failed[-CHANNEL_FAILED_LIMIT:]}
 
 
 # --- membership ------------------------------------------------------------------------------
@@ -807,6 +873,7 @@ def _advance_rollback(state: dict[str, Any], cmd: dict[str, Any]) -> None:
         release["step_started_at"] = cmd.get("time")
     if not release["rollback"]:
         release["state"] = ROLLED_BACK
+        _channel_failed(state, release["version"])
         _record(state, cmd, ROLLING_BACK, "group back on " + str(release["previous_version"]))
 
 
@@ -838,6 +905,7 @@ _HANDLERS = {
     "revert_timeout": _revert_timeout,
     "lead": _lead,
     "liveness": _liveness,
+    "channel": _channel,
     "member_add": _member_add,
     "member_ready": _member_ready,
     "member_remove": _member_remove,

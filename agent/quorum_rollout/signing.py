@@ -10,6 +10,14 @@ Wire format of a manifest::
 
 Signatures are over `canonical_json(signed)`. `created`/`expires` are UTC ISO-8601 strings
 ("2026-11-26T07:00:00Z"); `targets` lists fnmatch group patterns, absent or ["*"] = every group.
+
+A channel pointer (`<mirror>/<name>/channels/<channel>.json`, autonomous mode) is the same
+envelope around a smaller signed part, verified by the same signature, threshold, revocation
+and expiry code (`verify_pointer`)::
+
+    {"signed": {"name", "channel", "version", "created", "expires"}, "signatures": [...]}
+
+A manifest is never a valid pointer nor the other way round: each lacks fields the other requires.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,7 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from quorum_rollout.fsm import compare_versions
+from quorum_rollout.fsm import compare_versions, valid_version
 
 Now = Union[datetime, float, int]
 CHUNK = 1024 * 1024
@@ -40,6 +48,8 @@ DEFAULT_MAX_BYTES = 65536
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # the agent config's identifiers (config._ID_RE)
+MAX_POINTER_BYTES = 16384  # a pointer with one signature is ~300 bytes; this allows ~100 signatures
 
 
 class TrustError(Exception):
@@ -102,6 +112,25 @@ class LengthMismatch(TrustError):
 
 class HashMismatch(TrustError):
     pass
+
+
+class PointerTooLarge(TrustError):
+    pass
+
+
+class MalformedPointer(TrustError):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"malformed channel pointer: {field_name}: {message}; fix the pointer and re-sign it "
+                         "(`quorum-rollout channel publish`)")
+        self.field = field_name
+
+
+class ExpiredPointer(TrustError):
+    pass
+
+
+class WrongChannel(TrustError):
+    """The pointer is for another artifact name or another channel than the agent asked for."""
 
 
 class InvalidKey(TrustError):
@@ -252,6 +281,9 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
+Malformed = Callable[[str, str], TrustError]  # (field, message) -> the document kind's refusal
+
+
 def _safe_segment(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedManifest(name, "must be a non-empty string")
@@ -263,21 +295,34 @@ def _safe_segment(value: Any, name: str) -> str:
     return value
 
 
-def _parse_time(value: Any, name: str) -> datetime:
+def _parse_time(value: Any, name: str, malformed: Malformed = MalformedManifest) -> datetime:
     if not isinstance(value, str) or not _TIME_RE.match(value):
-        raise MalformedManifest(name, f"{_short(value)} is not a UTC time like 2026-11-26T07:00:00Z")
+        raise malformed(name, f"{_short(value)} is not a UTC time like 2026-11-26T07:00:00Z")
     try:
         return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError as exc:
-        raise MalformedManifest(name, f"{_short(value)} is not a valid date ({exc})") from None
+        raise malformed(name, f"{_short(value)} is not a valid date ({exc})") from None
+
+
+def _validity(signed: dict[str, Any], malformed: Malformed) -> tuple[datetime, datetime]:
+    created = _parse_time(signed["created"], "signed.created", malformed)
+    expires = _parse_time(signed["expires"], "signed.expires", malformed)
+    if expires <= created:
+        raise malformed("signed.expires", "must be later than signed.created")
+    return created, expires
+
+
+def _require(signed: Any, keys: tuple[str, ...], malformed: Malformed) -> dict[str, Any]:
+    if not isinstance(signed, dict):
+        raise malformed("signed", "must be an object")
+    for key in keys:
+        if key not in signed:
+            raise malformed(f"signed.{key}", "missing")
+    return signed
 
 
 def _parse_signed(signed: Any) -> Manifest:
-    if not isinstance(signed, dict):
-        raise MalformedManifest("signed", "must be an object")
-    for key in ("name", "version", "file", "sha256", "size", "created", "expires"):
-        if key not in signed:
-            raise MalformedManifest(f"signed.{key}", "missing")
+    _require(signed, ("name", "version", "file", "sha256", "size", "created", "expires"), MalformedManifest)
     name = _safe_segment(signed["name"], "signed.name")
     version = _safe_segment(signed["version"], "signed.version")
     file = _safe_segment(signed["file"], "signed.file")
@@ -287,10 +332,7 @@ def _parse_signed(signed: Any) -> Manifest:
     size = signed["size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise MalformedManifest("signed.size", f"{size!r} is not a non-negative integer")
-    created = _parse_time(signed["created"], "signed.created")
-    expires = _parse_time(signed["expires"], "signed.expires")
-    if expires <= created:
-        raise MalformedManifest("signed.expires", "must be later than signed.created")
+    created, expires = _validity(signed, MalformedManifest)
     targets = signed.get("targets", ["*"])
     if (not isinstance(targets, list) or not targets
             or not all(isinstance(t, str) and t for t in targets)):
@@ -298,36 +340,82 @@ def _parse_signed(signed: Any) -> Manifest:
     return Manifest(name, version, file, sha, size, created, expires, tuple(targets))
 
 
-def _parse_signatures(sigs: Any) -> list[tuple[str, bytes]]:
+def _parse_signatures(sigs: Any, malformed: Malformed = MalformedManifest) -> list[tuple[str, bytes]]:
     if not isinstance(sigs, list):
-        raise MalformedManifest("signatures", "must be a list")
+        raise malformed("signatures", "must be a list")
     out = []
     for i, entry in enumerate(sigs):
         if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) \
                 or not isinstance(entry.get("sig"), str):
-            raise MalformedManifest(f"signatures[{i}]", 'must be {"keyid": str, "sig": str}')
+            raise malformed(f"signatures[{i}]", 'must be {"keyid": str, "sig": str}')
         try:
             out.append((entry["keyid"], base64.b64decode(entry["sig"], validate=True)))
         except (binascii.Error, ValueError):
-            raise MalformedManifest(f"signatures[{i}].sig", "is not base64") from None
+            raise malformed(f"signatures[{i}].sig", "is not base64") from None
     return out
 
 
-def _check_signatures(what: str, payload: bytes, sigs: list[tuple[str, bytes]], policy: TrustPolicy) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class _Kind:
+    """A kind of signed document, for the words and types of its refusals."""
+
+    noun: str              # "manifest" | "channel pointer"
+    malformed: Malformed
+    too_large: type[TrustError]
+    too_large_fix: str
+    resign: str            # the command that signs one
+
+
+_MANIFEST = _Kind("manifest", MalformedManifest, ManifestTooLarge,
+                  "raise artifacts.max_manifest_bytes only if the manifest is genuine", "`quorum-rollout sign`")
+_POINTER = _Kind("channel pointer", MalformedPointer, PointerTooLarge,
+                 "a pointer is a few hundred bytes: the mirror serves something else",
+                 "`quorum-rollout channel publish` (or `quorum-rollout sign --channel`)")
+
+
+def _envelope(raw: bytes, max_bytes: int, kind: _Kind) -> dict[str, Any]:
+    """The JSON document {"signed", "signatures"} of at most `max_bytes` (neither part checked yet)."""
+    if len(raw) > max_bytes:
+        raise kind.too_large(f"{kind.noun} is {len(raw)} bytes, the limit is {max_bytes}: refusing to parse it; "
+                             f"{kind.too_large_fix}")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise kind.malformed(kind.noun, f"not JSON ({_short(str(exc), 200)})") from None
+    if not isinstance(doc, dict):
+        raise kind.malformed(kind.noun, "must be a JSON object")
+    for key in ("signed", "signatures"):
+        if key not in doc:
+            raise kind.malformed(key, "missing")
+    return doc
+
+
+def _signed_by(what: str, doc: dict[str, Any], policy: TrustPolicy, kind: _Kind) -> tuple[str, ...]:
+    """The trusted keys whose valid signatures over the canonical `signed` part meet the policy."""
+    sigs = _parse_signatures(doc["signatures"], kind.malformed)
+    try:
+        payload = canonical_json(doc["signed"])
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
+        raise kind.malformed("signed", f"cannot be canonicalised ({_short(str(exc), 200)})") from None
+    return _check_signatures(what, payload, sigs, policy, kind)
+
+
+def _check_signatures(what: str, payload: bytes, sigs: list[tuple[str, bytes]], policy: TrustPolicy,
+                      kind: _Kind = _MANIFEST) -> tuple[str, ...]:
     if not sigs:
-        raise NoSignatures(f"{what}: manifest has no signatures; sign it with `quorum-rollout sign`")
+        raise NoSignatures(f"{what}: {kind.noun} has no signatures; sign it with {kind.resign}")
     valid: set[str] = set()
     unknown: list[str] = []
     for kid, sig in sigs:
         if kid in policy.revoked:
-            raise RevokedKey(f"{what}: signed by revoked key {kid}; re-sign the release with a current key")
+            raise RevokedKey(f"{what}: signed by revoked key {kid}; re-sign the {kind.noun} with a current key")
         if kid not in policy.keys:
             unknown.append(kid)
             continue
         try:
             Ed25519PublicKey.from_public_bytes(_raw_public(policy.keys[kid])).verify(sig, payload)
         except InvalidSignature:
-            raise BadSignature(f"{what}: signature by key {kid} does not verify: the manifest was altered "
+            raise BadSignature(f"{what}: signature by key {kid} does not verify: the {kind.noun} was altered "
                                "or signed with another key; fetch it again or re-sign it") from None
         valid.add(kid)
     if not valid and unknown:
@@ -343,26 +431,10 @@ def verify_manifest(raw: bytes, policy: TrustPolicy, *, now: Now, name: str, ver
                     group: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                     highest_version: str | None = None, allow_downgrade: bool = False) -> Manifest:
     """Parse and verify a manifest; return it or raise the `TrustError` subclass of the first refusal."""
-    if len(raw) > max_bytes:
-        raise ManifestTooLarge(f"manifest is {len(raw)} bytes, the limit is {max_bytes}: refusing to parse it; "
-                               "raise artifacts.max_manifest_bytes only if the manifest is genuine")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise MalformedManifest("manifest", f"not JSON ({_short(str(exc), 200)})") from None
-    if not isinstance(doc, dict):
-        raise MalformedManifest("manifest", "must be a JSON object")
-    for key in ("signed", "signatures"):
-        if key not in doc:
-            raise MalformedManifest(key, "missing")
+    doc = _envelope(raw, max_bytes, _MANIFEST)
     parsed = _parse_signed(doc["signed"])
-    sigs = _parse_signatures(doc["signatures"])
     what = f"{parsed.name} {parsed.version}"
-    try:
-        payload = canonical_json(doc["signed"])
-    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
-        raise MalformedManifest("signed", f"cannot be canonicalised ({_short(str(exc), 200)})") from None
-    signed_by = _check_signatures(what, payload, sigs, policy)
+    signed_by = _signed_by(what, doc, policy, _MANIFEST)
     moment = to_datetime(now)
     if moment >= parsed.expires:
         raise ExpiredManifest(f"{what}: manifest expired at {format_time(parsed.expires)} (now "
@@ -378,6 +450,65 @@ def verify_manifest(raw: bytes, policy: TrustPolicy, *, now: Now, name: str, ver
         raise RollbackAttack(f"{what}: lower than {highest_version}, the highest version this group ran; "
                              "ask for a rollback explicitly to downgrade")
     return replace(parsed, signed_by=signed_by, raw=bytes(raw))
+
+
+# ------------------------------------------------------------------------------ channel pointer
+
+
+@dataclass(frozen=True)
+class ChannelPointer:
+    """A verified channel pointer: `channel` of artifact `name` currently names `version`."""
+
+    name: str
+    channel: str
+    version: str
+    created: datetime
+    expires: datetime
+    signed_by: tuple[str, ...] = ()
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+
+def _parse_pointer(signed: Any) -> ChannelPointer:
+    _require(signed, ("name", "channel", "version", "created", "expires"), MalformedPointer)
+    for key in ("name", "channel"):
+        value = signed[key]
+        if not isinstance(value, str) or not _NAME_RE.match(value) or value in (".", ".."):
+            raise MalformedPointer(f"signed.{key}", f"{_short(value)} must be 1-64 characters from A-Z a-z 0-9 . _ -")
+    version = signed["version"]
+    if not valid_version(version):
+        raise MalformedPointer("signed.version", f"{_short(version)} is not a version (a letter or digit, then up "
+                               "to 63 of letters, digits and . _ + -)")
+    created, expires = _validity(signed, MalformedPointer)
+    return ChannelPointer(signed["name"], signed["channel"], version, created, expires)
+
+
+def verify_pointer(raw: bytes, policy: TrustPolicy, *, now: Now, name: str, channel: str,
+                   max_bytes: int = MAX_POINTER_BYTES) -> ChannelPointer:
+    """Parse and verify a channel pointer with the manifests' trust policy; return it or raise the
+    `TrustError` subclass of the first refusal (size, shape, signatures, expiry, name/channel)."""
+    doc = _envelope(raw, max_bytes, _POINTER)
+    parsed = _parse_pointer(doc["signed"])
+    what = f"channel {parsed.channel} of {parsed.name} (-> {parsed.version})"
+    signed_by = _signed_by(what, doc, policy, _POINTER)
+    moment = to_datetime(now)
+    if moment >= parsed.expires:
+        raise ExpiredPointer(f"{what}: pointer expired at {format_time(parsed.expires)} (now {format_time(moment)}); "
+                             "publish a freshly signed pointer (`quorum-rollout channel publish`)")
+    if parsed.name != name or parsed.channel != channel:
+        raise WrongChannel(f"pointer is for channel {parsed.channel} of {parsed.name}, asked for channel {channel} of "
+                           f"{name}; the mirror serves the wrong file: fix the mirror layout")
+    return replace(parsed, signed_by=signed_by, raw=bytes(raw))
+
+
+def build_pointer(name: str, channel: str, version: str, *, expires_in: timedelta | float = timedelta(days=30),
+                  now: Now) -> dict[str, Any]:
+    """The `signed` part of a pointer naming `version` as the current one of `channel`."""
+    created = to_datetime(now).replace(microsecond=0)
+    delta = expires_in if isinstance(expires_in, timedelta) else timedelta(seconds=expires_in)
+    signed = {"name": name, "channel": channel, "version": version, "created": format_time(created),
+              "expires": format_time(created + delta)}
+    _parse_pointer(signed)  # refuse to build what verification would refuse
+    return signed
 
 
 def verify_file(path: str | Path, manifest: Manifest) -> None:

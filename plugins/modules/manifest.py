@@ -20,6 +20,10 @@ description:
     O(renew_days) or when O(targets) changed. A different artifact under an already
     published version is refused unless O(force=true), because mirrors and caches may
     already hold the first one.
+  - With O(channel), it also points that release channel at the version
+    (C(<mirror_dir>/<name>/channels/<channel>.json), signed with the same keys), which agents in
+    autonomous mode (C(quorum_rollout_channel)) poll. The pointer is re-signed when it names another
+    version or expires within O(renew_days).
   - "Run it where the signing keys are, usually the controller (C(delegate_to: localhost))."
 author:
   - quorum.rollout maintainers (@quorum-rollout)
@@ -60,6 +64,13 @@ options:
     description: Re-sign a published manifest that expires within this many days.
     type: float
     default: 7
+  channel:
+    description:
+      - Point this release channel (for example V(stable)) at O(version). 1-64 characters from C(A-Z a-z 0-9 . _ -).
+      - Agents configured with the same channel start the release by themselves (autonomous mode); a
+        channel pointing at an older version than a group runs starts nothing there.
+      - Omit it (or give the empty string) to publish the release without touching any channel.
+    type: str
   force:
     description: Replace a different artifact already published under this version.
     type: bool
@@ -95,6 +106,17 @@ EXAMPLES = r"""
     targets: ["intel-*", "amd-*"]
   delegate_to: localhost
   run_once: true
+
+- name: Publish app 2.5 and point the stable channel at it (agents in autonomous mode roll it out)
+  quorum.rollout.manifest:
+    artifact: build/app-2.5.tar.gz
+    name: app
+    version: "2.5"
+    signing_keys: [~/.quorum-rollout/alice.key]
+    mirror_dir: /srv/mirror
+    channel: stable
+  delegate_to: localhost
+  run_once: true
 """
 
 RETURN = r"""
@@ -116,8 +138,17 @@ expires:
   returned: when the manifest exists after the run (not in check mode when it would be written)
   type: str
   sample: "2026-12-26T07:00:00Z"
+channel_pointer:
+  description: Path of the channel pointer in the mirror.
+  returned: when O(channel) is set
+  type: str
+  sample: /srv/mirror/app/channels/stable.json
+channel_expires:
+  description: Expiry of the channel pointer (UTC), after this run.
+  returned: when O(channel) is set and the pointer exists after the run (not in check mode when it would be written)
+  type: str
 reason:
-  description: Why the manifest was (or would be) written, or why nothing changed.
+  description: Why the manifest or the channel pointer was (or would be) written, or why nothing changed.
   returned: always
   type: str
 """
@@ -125,6 +156,7 @@ reason:
 import datetime
 import json
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -146,6 +178,20 @@ def _expires(signed):
         return None
 
 
+def _pointer_reason(pointer, name, channel, version, now, renew_days):
+    """Why the channel pointer must be (re-)signed, or None when it already names the version."""
+    if pointer is None:
+        return "channel %s not published yet" % channel
+    if pointer.get("name") != name or pointer.get("channel") != channel:
+        return "channel %s pointer is for another artifact or channel" % channel
+    if pointer.get("version") != version:
+        return "channel %s pointed at %s" % (channel, pointer.get("version"))
+    expires = _expires(pointer)
+    if expires is None or expires - now < datetime.timedelta(days=renew_days):
+        return "channel %s pointer expires within renew_days" % channel
+    return None
+
+
 def _copy_matches(module, path, sha256):
     return os.path.isfile(path) and module.sha256(path) == sha256
 
@@ -161,6 +207,7 @@ def main():
             targets=dict(type="list", elements="str", default=["*"]),
             expires_days=dict(type="float", default=30.0),
             renew_days=dict(type="float", default=7.0),
+            channel=dict(type="str"),
             force=dict(type="bool", default=False),
             cli=dict(type="str", default="quorum-rollout"),
         ),
@@ -181,6 +228,14 @@ def main():
     manifest_path = os.path.join(dest, "manifest.json")
     result = dict(changed=False, manifest=manifest_path, sha256=sha256, size=size)
 
+    channel = p["channel"] or None  # "" (an unset playbook variable) is no channel
+    if channel is not None and (not re.match(r"^[A-Za-z0-9._-]{1,64}$", channel) or channel in (".", "..")):
+        module.fail_json(msg="channel %r is not a channel name: 1-64 characters from A-Z a-z 0-9 . _ - "
+                         "(for example stable)" % channel, **result)
+    pointer_path = os.path.join(p["mirror_dir"], p["name"], "channels", "%s.json" % channel) if channel else None
+    if pointer_path:
+        result["channel_pointer"] = pointer_path
+
     signed = _published(manifest_path)
     now = datetime.datetime.now(datetime.timezone.utc)
     if signed is None:
@@ -199,27 +254,45 @@ def main():
     elif not _copy_matches(module, os.path.join(dest, str(signed.get("file", ""))), sha256):
         reason = "artifact copy in the mirror is missing or differs"
     else:
-        result.update(reason="already published and valid", expires=signed["expires"])
+        reason = None
+        result["expires"] = signed["expires"]
+    pointer_reason = None
+    if channel:
+        pointer = _published(pointer_path)
+        pointer_reason = _pointer_reason(pointer, p["name"], channel, p["version"], now, p["renew_days"])
+        if pointer_reason is None:
+            result["channel_expires"] = pointer["expires"]
+    if reason is None and pointer_reason is None:
+        result["reason"] = "already published and valid"
         module.exit_json(**result)
 
-    result.update(changed=True, reason=reason)
+    result.update(changed=True, reason="; ".join(r for r in (reason, pointer_reason) if r))
     if module.check_mode:
         module.exit_json(**result)
     cli = module.get_bin_path(p["cli"]) if os.sep not in p["cli"] else p["cli"]
     if not cli or not os.access(cli, os.X_OK):
         module.fail_json(msg="cannot find the '%s' command: install the quorum-rollout agent on this host or "
                          "set cli to its path" % p["cli"], **result)
-    argv = [cli, "sign", p["artifact"], "--name", p["name"], "--version", p["version"],
-            "--expires-days", str(p["expires_days"]), "--mirror-dir", p["mirror_dir"]]
+    if reason is not None:  # the manifest (and the pointer with it)
+        argv = [cli, "sign", p["artifact"], "--name", p["name"], "--version", p["version"],
+                "--expires-days", str(p["expires_days"]), "--mirror-dir", p["mirror_dir"]]
+        for target in p["targets"]:
+            argv += ["--target", target]
+        what = "quorum-rollout sign"
+    else:  # the pointer only: the published manifest stays as it is
+        argv = [cli, "channel", "publish", "--name", p["name"], "--version", p["version"],
+                "--expires-days", str(p["expires_days"]), "--mirror-dir", p["mirror_dir"]]
+        what = "quorum-rollout channel publish"
+    if channel:
+        argv += ["--channel", channel]
     for key in p["signing_keys"]:
         argv += ["--key", key]
-    for target in p["targets"]:
-        argv += ["--target", target]
     rc, out, err = module.run_command(argv)
     if rc != 0:
-        module.fail_json(msg="quorum-rollout sign failed (rc %d): %s" % (rc, (err or out).strip()), **result)
-    signed = _published(manifest_path) or {}
-    result["expires"] = signed.get("expires")
+        module.fail_json(msg="%s failed (rc %d): %s" % (what, rc, (err or out).strip()), **result)
+    result["expires"] = (_published(manifest_path) or {}).get("expires")
+    if channel:
+        result["channel_expires"] = (_published(pointer_path) or {}).get("expires")
     module.exit_json(**result)
 
 

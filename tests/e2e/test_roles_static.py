@@ -93,6 +93,8 @@ BASE_VARS = {
     ],
     "quorum_rollout_registry": {"type": "file", "path": "/var/lib/quorum-rollout-registry/group.json"},
     "quorum_rollout_canary": True,
+    "quorum_rollout_channel": "stable",
+    "quorum_rollout_channel_interval": 30,
     "inventory_hostname": "web-01",
     "_quorum_rollout_self": {"host": "web-01", "id": "web-01", "group": "intel-eu1a", "address": "10.0.0.1:7100",
                              "api_url": "https://10.0.0.1:7200"},
@@ -105,7 +107,7 @@ BASE_VARS = {
 
 
 def test_config_template_passes_check_config(tmp_path: Path) -> None:
-    single = {**BASE_VARS, "_quorum_rollout_peers": [], "quorum_rollout_api_tls_cert": "",
+    single = {**BASE_VARS, "_quorum_rollout_peers": [], "quorum_rollout_api_tls_cert": "", "quorum_rollout_channel": "",
               "quorum_rollout_api_tls_key": "", "quorum_rollout_registry": {"type": "none"},
               "quorum_rollout_restart_command": "", "quorum_rollout_preflight_checks": []}
     for name, extra in (("full", BASE_VARS), ("single", single)):
@@ -127,8 +129,10 @@ def test_config_template_passes_check_config(tmp_path: Path) -> None:
             assert cfg["install"]["hooks"] == {"restart": "systemctl restart 'demo app'", "timeout": 60.0}
             assert cfg["api"]["tls_cert"] == "/etc/quorum-rollout/tls/cert.pem"
             assert cfg["rollout"]["canary"] is True
+            assert (cfg["artifacts"]["channel"], cfg["artifacts"]["channel_interval"]) == ("stable", 30.0)
         else:
             assert peers == [] and cfg["checks"] == [] and cfg["install"]["hooks"] == {"timeout": 60.0}
+            assert "channel" not in cfg["artifacts"], "autonomous mode is off by default"
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed "

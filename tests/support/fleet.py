@@ -184,8 +184,9 @@ class Fleet:
         self.public_key = json.loads(out.stdout)["public_key"]
 
     def build_release(self, version: str, *, broken_on: tuple[str, ...] = (), key: Path | None = None,
-                      publish: bool = True, payload_bytes: int = 0) -> Path:
-        """Make demo-app-<version>.tar.gz and publish it with a signed manifest in mirror layout."""
+                      publish: bool = True, payload_bytes: int = 0, channel: str | None = None) -> Path:
+        """Make demo-app-<version>.tar.gz and publish it with a signed manifest in mirror layout
+        (and point `channel` at it, when given)."""
         work = self.base / "build" / version
         work.mkdir(parents=True, exist_ok=True)
         (work / "VERSION").write_text(version + "\n")
@@ -204,8 +205,18 @@ class Fleet:
         if publish:
             subprocess.run([*CLI, "sign", str(archive), "--name", "demo-app", "--version", version,
                             "--key", str(key or self.key_prefix.with_suffix(".key")),
-                            "--mirror-dir", str(self.mirror_dir)], check=True, capture_output=True, env=self.env)
+                            "--mirror-dir", str(self.mirror_dir), *(["--channel", channel] if channel else [])],
+                           check=True, capture_output=True, env=self.env)
         return archive
+
+    def channel_path(self, channel: str = "stable") -> Path:
+        return self.mirror_dir / "demo-app" / "channels" / f"{channel}.json"
+
+    def point_channel(self, version: str, channel: str = "stable", *, key: Path | None = None) -> None:
+        """Point `channel` at a version already published on the mirror (a signed pointer)."""
+        subprocess.run([*CLI, "channel", "publish", "--name", "demo-app", "--version", version, "--channel", channel,
+                        "--key", str(key or self.key_prefix.with_suffix(".key")), "--mirror-dir",
+                        str(self.mirror_dir)], check=True, capture_output=True, env=self.env)
 
     def host_config(self, host: Host) -> dict[str, Any]:
         democtl = f"{DEMO_FILES / 'democtl'} restart {host.root} {host.ip} {self.app_port} {self.cpu}"

@@ -863,3 +863,71 @@ def test_error_classes() -> None:
         assert issubclass(cls, ArtifactError)
     assert issubclass(TooLarge, signing.LengthMismatch) and issubclass(TooLarge, TrustError)
     assert str(ArtifactError("could not fetch")) == "could not fetch"
+
+
+# ------------------------------------------------------------------------------ channel pointers
+
+POINTER = "demo-app/channels/stable.json"
+
+
+def point(mirror: MirrorServer, version: str = "2.4", *, key: Ed25519PrivateKey = KEY, tamper: str | None = None,
+          now: float | None = None) -> None:
+    """Put a signed channel pointer `stable -> version` on a mirror (tampered: version edited after signing)."""
+    signed = signing.build_pointer("demo-app", "stable", version, now=time.time() - 60 if now is None else now)
+    doc = signing.sign(signed, [key])
+    if tamper is not None:
+        doc["signed"]["version"] = tamper
+    mirror.put(POINTER, signing.canonical_json(doc))
+
+
+def poll(*mirrors: MirrorServer, **kwargs: Any) -> tuple[signing.ChannelPointer, str]:
+    kwargs.setdefault("now", time.time())
+    return artifacts.fetch_channel(make_cfg(*(m.url for m in mirrors), channel="stable"), POLICY, **kwargs)
+
+
+def test_channel_pointer_from_the_closest_mirror_serving_a_valid_one(make_mirror: MakeMirror) -> None:
+    empty, bad, good = make_mirror(), make_mirror(), make_mirror()
+    point(bad, "2.4", tamper="9.9")
+    point(good, "2.4")
+    bad.behave("/", delay=0.05)
+    good.behave("/", delay=0.15)  # tried last
+    events: list[tuple[str, dict[str, Any]]] = []
+    pointer, mirror = poll(empty, bad, good, log=lambda name, **fields: events.append((name, fields)))
+    assert (pointer.version, pointer.channel, mirror) == ("2.4", "stable", good.url)
+    assert [(f["mirror"], f["kind"]) for _, f in events] == [(empty.url, "HttpError"), (bad.url, "BadSignature")]
+    assert all(name == "channel_refused" and f["channel"] == "stable" for name, f in events)
+    assert "404" in events[0][1]["cause"] and "altered" in events[1][1]["cause"]
+
+
+def test_channel_nowhere_published_says_how_to_publish(make_mirror: MakeMirror) -> None:
+    with pytest.raises(artifacts.ChannelNotPublished, match=r"publish\.yml -e channel=stable"):
+        poll(make_mirror(), make_mirror())
+
+
+def test_channel_trust_refusals_are_raised_when_no_mirror_serves_a_valid_pointer(make_mirror: MakeMirror) -> None:
+    old, other_key = make_mirror(), make_mirror()
+    point(old, now=time.time() - 40 * 86400)  # signed 40 days ago, valid 30
+    point(other_key, key=OTHER_KEY)
+    with pytest.raises(TrustError) as info:
+        poll(old, other_key)
+    assert isinstance(info.value, (signing.ExpiredPointer, signing.UnknownKey))
+    assert {m for m, _ in info.value.causes} == {old.url, other_key.url}
+    assert {type(e) for _, e in info.value.causes} == {signing.ExpiredPointer, signing.UnknownKey}
+
+
+@pytest.mark.parametrize("body", [b" " * (signing.MAX_POINTER_BYTES + 1), b"<html>gateway</html>", b"[]"])
+def test_channel_garbage_counts_as_a_broken_mirror(body: bytes, make_mirror: MakeMirror) -> None:
+    mirror = make_mirror()
+    mirror.put(POINTER, body)
+    with pytest.raises(MirrorUnavailable, match=r"PointerTooLarge|MalformedPointer"):
+        poll(mirror)
+
+
+def test_channel_poll_ends_at_its_deadline(make_mirror: MakeMirror) -> None:
+    slow = make_mirror()
+    point(slow)
+    slow.behave(POINTER, trickle=0.5, trickle_bytes=1)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=r"channels/stable\.json: deadline passed"):
+        poll(slow, deadline=start + 1)
+    assert time.monotonic() - start < 2

@@ -89,8 +89,17 @@ def test_artifacts_defaults(tmp_path: Path) -> None:
     got = load(tmp_path, base()).artifacts
     assert got.peer_timeout == 5.0 and got.read_timeout == 30.0
     assert (got.min_rate, got.min_rate_window) == (4096, 30.0)  # the slow-retrieval guard is on
+    assert (got.channel, got.channel_interval) == (None, 60.0)  # autonomous mode is off by default
     # the parser's defaults are the dataclass's (each is written in both places)
     assert got == C.ArtifactsConfig(name=got.name, mirrors=got.mirrors, trusted_keys=got.trusted_keys)
+
+
+def test_channel_turns_on_autonomous_mode(tmp_path: Path) -> None:
+    got = load(tmp_path, mutate("artifacts.channel", "stable")).artifacts
+    assert (got.channel, got.channel_interval) == ("stable", 60.0)
+    data = mutate("artifacts.channel", "beta-1")
+    data["artifacts"]["channel_interval"] = 1
+    assert load(tmp_path, data).artifacts.channel_interval == 1.0
 
 
 def test_json_config_and_tls_url(tmp_path: Path) -> None:
@@ -176,6 +185,12 @@ BAD = [
     ("artifacts.peer_timeout", 0, "artifacts.peer_timeout", "must be > 0"),
     ("artifacts.max_manifest_bytes", 256 * 1024 + 1, "artifacts.max_manifest_bytes", "one Raft entry"),
     ("artifacts.peer_timeout", "fast", "artifacts.peer_timeout", "must be a number"),
+    ("artifacts.channel", "st/able", "artifacts.channel", "1-64 characters"),
+    ("artifacts.channel", "..", "artifacts.channel", "must not be"),
+    ("artifacts.channel", "", "artifacts.channel", "must not be empty"),
+    ("artifacts.channel", 1, "artifacts.channel", "must be a string"),
+    ("artifacts.channel_interval", 0, "artifacts.channel_interval", "must be > 0"),
+    ("artifacts.channel_interval", "1m", "artifacts.channel_interval", "must be a number"),
     ("install.hooks.timeout", 0, "install.hooks.timeout", "> 0"),
     ("install.hooks.reload", "x", "install.hooks.reload", "unknown key"),
     ("install.hooks.start", "", "install.hooks.start", "must not be empty"),

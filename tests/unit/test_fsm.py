@@ -1278,6 +1278,107 @@ def test_compare_versions():
 
 
 # ---------------------------------------------------------------------------------------------
+# autonomous mode: the channel record
+
+
+def test_initial_channel_record_is_active_with_nothing_failed():
+    assert fsm.initial_state("g")["channel"] == {"paused": False, "failed": []}
+    old = fsm.initial_state("g")
+    del old["channel"]  # a state restored from an agent without autonomous mode
+    assert fsm.channel_record(old) == {"paused": False, "failed": []}
+    new, outcome = fsm.apply(old, {"op": "channel", "id": "c1", "paused": True})
+    assert outcome.code == "accepted" and new["channel"] == {"paused": True, "failed": []}
+
+
+def test_channel_pause_and_resume_are_recorded_once():
+    g = Group()
+    g.do("channel", paused=True)
+    assert g.state["channel"]["paused"] is True
+    entry = g.state["history"][-1]
+    assert (entry["op"], entry["detail"], entry["release"]) == ("channel", "channel paused", None)
+    g.do("channel", "noop", paused=True)
+    g.do("channel", paused=False)
+    assert g.state["channel"]["paused"] is False and g.state["history"][-1]["detail"] == "channel resumed"
+    g.do("channel", "noop", paused=False)
+    for bad in ("true", 1, None):
+        g.do("channel", "invalid", paused=bad)
+    g.do("channel", "invalid", paused=DROP)
+
+
+def test_pausing_the_channel_leaves_a_running_release_alone():
+    g = Group()
+    g.goto(ROLLING)
+    before = copy.deepcopy(g.release)
+    g.do("channel", paused=True)
+    assert g.release == before
+    g.finish_batch()
+    assert g.release["batch"] == 1
+
+
+def test_a_start_from_the_channel_is_marked_and_a_start_by_hand_is_not():
+    g = Group()
+    g.start("2.3", hosts(3))
+    assert g.release["channel"] is None and g.state["history"][-1]["detail"] == "start 2.3"
+    g.fail()
+    g.start("2.4", hosts(3), channel="stable")
+    assert g.release["channel"] == "stable" and g.state["history"][-1]["detail"] == "start 2.4 (channel stable)"
+    g.fail()
+    for bad in ("", "a/b", 3, "x" * 65):
+        g.start("2.5", hosts(3), "invalid", channel=bad)
+
+
+def test_a_paused_channel_starts_nothing_but_a_start_by_hand_still_works():
+    g = Group()
+    g.do("channel", paused=True)
+    out = g.start("2.4", hosts(3), "conflict", channel="stable")
+    assert "paused" in out.reason and "channel resume" in out.reason and g.release is None
+    g.start("2.4", hosts(3))
+    assert g.release["version"] == "2.4"
+
+
+@pytest.mark.parametrize("ending", [ROLLED_BACK, ABORTED])
+def test_a_version_that_rolled_back_or_was_aborted_is_not_started_by_the_channel_again(ending):
+    g = Group()
+    g.goto(ending)
+    assert g.state["channel"]["failed"] == ["2.4"]
+    out = g.start("2.4", None, "conflict", channel="stable")
+    assert "rolled back or was aborted" in out.reason and "newer version" in out.reason
+    assert g.release["state"] == ending
+    g.start("2.5", None, channel="stable")  # a newer one is picked up
+    assert g.release["version"] == "2.5" and g.release["channel"] == "stable"
+
+
+def test_the_failed_versions_survive_later_releases_and_stay_bounded():
+    g = Group()
+    g.goto(ROLLED_BACK, hosts(3))
+    g.release_fully("2.3.1", hosts(3))  # the operator releases something else by hand
+    g.start("2.4", hosts(3), "conflict", channel="stable")
+    g.start("2.4", hosts(3))  # by hand it may be tried again
+    g.fail()
+    assert g.state["channel"]["failed"] == ["2.4"]
+    for n in range(fsm.CHANNEL_FAILED_LIMIT + 5):
+        g.start(f"3.{n}", hosts(3))
+        g.fail()
+    failed = g.state["channel"]["failed"]
+    assert len(failed) == fsm.CHANNEL_FAILED_LIMIT and failed[-1] == f"3.{fsm.CHANNEL_FAILED_LIMIT + 4}"
+
+
+def test_a_channel_start_from_a_deposed_leader_is_fenced():
+    g = Group()
+    g.term = 4
+    g.do("lead", members=DROP)
+    g.term = 3
+    out = g.start("2.4", hosts(3), "invalid", channel="stable")
+    assert "stale" in out.reason and g.release is None
+    g.start("2.4", hosts(3))  # an operator's start is not a leader command: no fence
+    g.term = 5
+    g.fail()
+    g.start("2.5", hosts(3), channel="stable")
+    assert g.state["leader_term"] == 5 and g.release["term"] == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # property tests
 
 
@@ -1356,6 +1457,10 @@ class FsmMachine(RuleBasedStateMachine):
                     "batch_fraction": data.draw(maybe(st.sampled_from([0.1, 0.3, 0.5, 1.0]))),
                     "canary": data.draw(maybe(st.booleans())),
                     "allow_downgrade": data.draw(maybe(st.booleans(), of=4))}
+            if data.draw(st.integers(0, 2)) == 0:  # the leader starting what the channel names
+                args["channel"] = data.draw(maybe(st.sampled_from(["stable", "beta"]), of=6))
+        elif op == "channel":
+            args = {"paused": data.draw(maybe(st.booleans(), of=6))}
         elif op == "downloaded":
             args = {"release": self._release_id(data), "artifact": data.draw(maybe(st.just(dict(ARTIFACT))))}
         elif op in ("verified", "open_batch"):
@@ -1435,7 +1540,8 @@ class FsmMachine(RuleBasedStateMachine):
             cmd = {"op": data.draw(st.sampled_from(fsm.OPS) | st.text(max_size=6) | garbage)}
             cmd.update(data.draw(st.dictionaries(
                 st.sampled_from(["id", "term", "time", "actor", "release", "host", "phase", "ok", "version",
-                                 "members", "artifact", "reason", "step", "batch_fraction", "canary"]),
+                                 "members", "artifact", "reason", "step", "batch_fraction", "canary", "channel",
+                                 "paused"]),
                 garbage, max_size=5)))
         else:
             op = data.draw(st.sampled_from(fsm.OPS))
@@ -1458,6 +1564,8 @@ class FsmMachine(RuleBasedStateMachine):
                        members=data.draw(st.sampled_from(MEMBER_SETS[:4])),
                        batch_fraction=data.draw(st.sampled_from([0.1, 0.5, 1.0])), canary=data.draw(st.booleans()),
                        allow_downgrade=data.draw(st.booleans()))
+            if data.draw(st.booleans()):
+                cmd["channel"] = "stable"
         elif rel["state"] == ROLLED_BACK:
             cmd.update(op="retry")
         elif rel["state"] == PAUSED:
@@ -1480,6 +1588,12 @@ class FsmMachine(RuleBasedStateMachine):
     @rule()
     def leader_change(self):
         self.term += 1
+
+    @rule(paused=st.booleans())
+    def operator_channel(self, paused):
+        self.n += 1
+        self._apply({"op": "channel", "id": f"ch{self.n}", "term": self.term, "time": float(self.n),
+                     "actor": LEADER, "paused": paused})
 
     @rule(data=st.data())
     def replay_old_command(self, data):
@@ -1551,6 +1665,16 @@ class FsmMachine(RuleBasedStateMachine):
                 assert (op, new_rel["state"]) in (("resume", old_rel["paused_from"]), ("resume", CURRENT),
                                                   ("fail", ROLLING_BACK), ("fail", ROLLED_BACK),
                                                   ("host_done", ROLLING_BACK), ("abort", ABORTED)), (op, new_rel)
+        # autonomous mode: the channel starts nothing while paused, nor a version that failed here
+        if op == "start" and outcome.code == "accepted" and cmd.get("channel") is not None:
+            assert not old["channel"]["paused"] and cmd["version"] not in old["channel"]["failed"]
+            assert new_rel["channel"] == cmd["channel"] and new["leader_term"] >= old["leader_term"]
+        if op == "channel" and outcome.code == "accepted":
+            assert new["channel"]["paused"] is cmd["paused"] is not old["channel"]["paused"]
+            assert dumps(new_rel) == dumps(old_rel)
+        if op not in ("channel", None) or outcome.code != "accepted":
+            assert new["channel"]["paused"] == old["channel"]["paused"]
+        assert set(old["channel"]["failed"]) - set(new["channel"]["failed"]) <= set(old["channel"]["failed"][:1])
         # the highest version never decreases
         if old["highest_version"] is not None:
             assert fsm.compare_versions(new["highest_version"], old["highest_version"]) >= 0
@@ -1562,6 +1686,8 @@ class FsmMachine(RuleBasedStateMachine):
         assert len(s["history"]) <= fsm.HISTORY_LIMIT
         assert len(s["rejected"]) <= fsm.REJECTED_LIMIT
         assert len(s["applied"]) <= fsm.APPLIED_LIMIT
+        assert len(s["channel"]["failed"]) <= fsm.CHANNEL_FAILED_LIMIT
+        assert isinstance(s["channel"]["paused"], bool)
         rel = s["release"]
         event(f"release state: {rel and rel['state']}")  # see --hypothesis-show-statistics
         if rel is None:
@@ -1585,6 +1711,8 @@ class FsmMachine(RuleBasedStateMachine):
             assert all(e["status"] == UPDATED for e in rel["hosts"].values())
         if rel["state"] in (ROLLING_BACK, ROLLED_BACK):
             assert rel["failure"] is not None
+        if rel["state"] in (ROLLED_BACK, ABORTED):
+            assert s["channel"]["failed"][-1] == rel["version"], "the latest failure is remembered"
         if rel["state"] == ROLLED_BACK:
             assert rel["rollback"] == []
             assert all(e["status"] in (SKIPPED, REVERTED, REVERT_FAILED) for e in rel["hosts"].values())
@@ -1620,7 +1748,8 @@ TestFsmMachine.settings = settings(max_examples=200, stateful_step_count=40, dea
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(garbage, st.fixed_dictionaries({"op": st.sampled_from(fsm.OPS)}, optional={
     k: garbage for k in ("id", "term", "time", "actor", "release", "host", "phase", "ok", "version", "members",
-                         "artifact", "reason", "step", "batch_fraction", "canary", "allow_downgrade")})),
+                         "artifact", "reason", "step", "batch_fraction", "canary", "allow_downgrade", "channel",
+                         "paused")})),
     max_size=25))
 def test_apply_is_total_on_garbage_sequences(commands):
     state = fsm.initial_state("g")

@@ -38,6 +38,7 @@ PLAYBOOK = textwrap.dedent("""\
             mirror_dir: "{{ mirror }}"
             cli: "{{ cli }}"
             targets: "{{ targets }}"
+            channel: "{{ channel }}"
           register: __published
         - name: Report
           ansible.builtin.copy:
@@ -52,12 +53,13 @@ def _collections_path():
     return os.sep.join(parts[:parts.index("ansible_collections")])
 
 
-def _run(tmp_path, check=False, targets=("*",)):
+def _run(tmp_path, check=False, targets=("*",), channel=""):
     book = tmp_path / "play.yml"
     book.write_text(PLAYBOOK)
     out = tmp_path / "out.json"
     extra = {"artifact": str(tmp_path / "app-2.4.tar.gz"), "key": str(tmp_path / "release.key"),
-             "mirror": str(tmp_path / "mirror"), "cli": CLI, "out": str(out), "targets": list(targets)}
+             "mirror": str(tmp_path / "mirror"), "cli": CLI, "out": str(out), "targets": list(targets),
+             "channel": channel}
     argv = [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local", str(book),
             "-e", json.dumps(extra)] + (["--check"] if check else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
@@ -94,3 +96,35 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
     (tmp_path / "app-2.4.tar.gz").write_bytes(b"other bytes")
     proc = _run(tmp_path)[0]  # the play stops at the refused task
     assert proc.returncode != 0 and "already published with another artifact" in proc.stdout
+
+
+def test_channel_pointer_is_published_idempotently_and_moved_without_re_signing_the_release(tmp_path):
+    subprocess.run([CLI, "keygen", "--out", str(tmp_path / "release")], check=True, capture_output=True)
+    (tmp_path / "app-2.4.tar.gz").write_bytes(b"release bytes" * 100)
+    proc, first = _run(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest_before = (tmp_path / "mirror" / "app" / "2.4" / "manifest.json").read_bytes()
+    pointer = tmp_path / "mirror" / "app" / "channels" / "stable.json"
+
+    proc, predicted = _run(tmp_path, check=True, channel="stable")
+    assert proc.returncode == 0 and "changed=2" in proc.stdout and not pointer.exists(), proc.stdout
+
+    proc, second = _run(tmp_path, channel="stable")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert second["changed"] is True and second["reason"] == "channel stable not published yet"
+    assert second["channel_pointer"] == str(pointer) and second["channel_expires"]
+    assert (tmp_path / "mirror" / "app" / "2.4" / "manifest.json").read_bytes() == manifest_before
+    signed = json.loads(pointer.read_text())["signed"]
+    assert (signed["name"], signed["channel"], signed["version"]) == ("app", "stable", "2.4")
+
+    proc, third = _run(tmp_path, channel="stable")
+    assert third["changed"] is False and third["reason"] == "already published and valid", third
+
+    signed["version"] = "2.3"  # the channel pointed elsewhere (unsigned edit: the module only compares)
+    pointer.write_text(json.dumps({"signed": signed, "signatures": []}))
+    proc, fourth = _run(tmp_path, channel="stable")
+    assert fourth["changed"] is True and fourth["reason"] == "channel stable pointed at 2.3"
+    assert json.loads(pointer.read_text())["signed"]["version"] == "2.4"
+
+    proc = _run(tmp_path, channel="st/able")[0]
+    assert proc.returncode != 0 and "is not a channel name" in proc.stdout
