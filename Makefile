@@ -39,8 +39,11 @@ lint: venv collection
 unit: venv collection
 	$(PYTEST) -q tests/unit
 
+# Two files at a time (pytest-xdist, one worker per core); the Raft port attacks measure a group's
+# behaviour under load and run alone afterwards.
 integration: venv
-	$(PYTEST) -q tests/integration
+	$(PYTEST) -q -n 2 --dist loadfile tests/integration --ignore tests/integration/test_raft_port.py
+	$(PYTEST) -q tests/integration/test_raft_port.py
 
 e2e: venv collection
 	@if [ -d tests/e2e ] && ls tests/e2e/test_*.py >/dev/null 2>&1; then $(PYTEST) -q tests/e2e; fi
