@@ -15,7 +15,7 @@ from .channel import ChannelPoller
 from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode
-from .log import event, get_logger
+from .log import bound, event, get_logger
 from .operations import Operations
 from .registry import Registry
 from .sources import Sources, members_of
@@ -133,7 +133,8 @@ class Agent:
         manifest of `version` for this group: a release that cannot be fetched is never started."""
         artifacts.fetch_manifest(self.cfg.artifacts, version, self.policy, now=time.time(), group=self.cfg.group,
                                  highest_version=self.node.state["highest_version"], allow_downgrade=allow_downgrade,
-                                 log=log, deadline=time.monotonic() + MANIFEST_CHECK_SECONDS)
+                                 log=bound(log, group=self.cfg.group, node=self.cfg.node_id, step="check"),
+                                 deadline=time.monotonic() + MANIFEST_CHECK_SECONDS)
 
     def running_version(self) -> str | None:
         return install.current_version(Path(self.cfg.install.root))

@@ -353,7 +353,7 @@ def _emit(log: Log, name: str, level: str = "info", **fields: Any) -> None:
     if isinstance(log, logging.Logger):
         log_event(log, name, level=level, **fields)
     elif log is not None:
-        log(name, **fields)
+        log(name, level=level, **fields)
 
 
 def _get(sess: requests.Session, url: str, headers: dict[str, str], bounds: _Bounds) -> requests.Response:

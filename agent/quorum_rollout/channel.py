@@ -139,7 +139,7 @@ class ChannelPoller:
         deadline = self._clock() + min(self.cfg.artifacts.channel_interval, FETCH_SECONDS)
         seen: set[tuple[str, str]] = set()
 
-        def refused(name: str, **info: Any) -> None:  # one line per mirror and kind of refusal, until it changes
+        def refused(name: str, level: str = "warning", **info: Any) -> None:  # once per mirror and kind
             seen.add((info.get("mirror", ""), info.get("kind", "")))
             if (info.get("mirror", ""), info.get("kind", "")) not in self._logged.get("refused", set()):
                 event(log, name, level="warning", **{**fields, **info})

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from . import artifacts, fsm, signing
 from .config import AgentConfig
 from .group import ProposalError
-from .log import event, get_logger
+from .log import bound, event, get_logger
 from .registry import Registry, RegistryError
 from .sources import Sources, clip, failed_step, members_of
 
@@ -389,11 +389,12 @@ class Coordinator:
         growing file at once), then `downloaded` when the whole file is here and hashed."""
         cfg, state = self.cfg, self.node.state
         mirror = None
+        steplog = bound(log, **self._fields(release, term, "download"))
         if release["artifact"] is None:
             event(log, "manifest_fetch", **self._fields(release, term, "download"))
             manifest, mirror = artifacts.fetch_manifest(
                 cfg.artifacts, release["version"], self.sources.policy, now=self._wall(), group=cfg.group,
-                highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"], log=log,
+                highest_version=state["highest_version"], allow_downgrade=release["allow_downgrade"], log=steplog,
                 deadline=deadline, cancel=cancel)
             artifact = {"sha256": manifest.sha256, "size": manifest.size, "file": manifest.file,
                         "manifest": manifest.raw.decode(), "mirror": mirror}
@@ -405,7 +406,7 @@ class Coordinator:
         if release.get("source") == cfg.node_id:
             manifest = self.sources.verify_committed(state, release)
             _path, mirror = artifacts.download_from_mirrors(cfg.artifacts, self.sources.store, manifest,
-                                                            prefer=release["artifact"]["mirror"], log=log,
+                                                            prefer=release["artifact"]["mirror"], log=steplog,
                                                             deadline=deadline, cancel=cancel)
         else:  # a new leader: the old one (or a member) may already hold it
             manifest, _path = self.sources.ensure_artifact(state, release, deadline=deadline, cancel=cancel)

@@ -118,6 +118,14 @@ def _suppressed(record: logging.LogRecord, count: int, window: float) -> logging
     return summary
 
 
+def bound(logger: logging.Logger, **context: Any) -> Any:
+    """A log callable (event name, level, fields) that adds `context` (group, node, release, step)
+    to every line: for library code that logs on behalf of a step (artifacts' mirror_failed, ...)."""
+    def emit(name: str, level: str = "info", **fields: Any) -> None:
+        event(logger, name, level=level, **{**context, **fields})
+    return emit
+
+
 def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> logging.Handler:
     """Every log line of the process as JSON on `stream` (stderr by default): the handler sits on
     the root logger, so libraries (pysyncobj, urllib3) are JSON too; uncaught exceptions in any

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import artifacts, install, signing
 from .config import AgentConfig
-from .log import get_logger
+from .log import bound, get_logger
 
 log = get_logger("quorum_rollout.sources")
 REASON_LIMIT = 2000
@@ -115,7 +115,9 @@ class Sources:
             except artifacts.ArtifactError as exc:
                 from_peers = str(exc)
         try:
-            path, _mirror = artifacts.download_from_mirrors(self.cfg.artifacts, self.store, manifest, log=log,
+            path, _mirror = artifacts.download_from_mirrors(self.cfg.artifacts, self.store, manifest,
+                                                            log=bound(log, group=self.cfg.group, node=self.cfg.node_id,
+                                                                      step="download"),
                                                             deadline=deadline, cancel=cancel)
         except artifacts.ArtifactError as exc:
             if from_peers:  # keep the mirrors' error (its type says whether a retry may help), add the peers'

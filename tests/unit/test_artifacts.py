@@ -548,7 +548,7 @@ def test_leader_fetch_from_a_good_mirror(make_mirror: MakeMirror, store: Store) 
     manifest, path, used = fetch(make_cfg(mirror.url), store, log=lambda e, **f: events.append((e, f)))
     assert (manifest.version, manifest.sha256, used) == ("2.4", DIGEST, mirror.url)
     assert path.read_bytes() == PAYLOAD and manifest.raw == (mirror.root / "demo-app/2.4/manifest.json").read_bytes()
-    assert events == [("mirror_used", {"mirror": mirror.url, "version": "2.4", "sha256": DIGEST,
+    assert events == [("mirror_used", {"level": "info", "mirror": mirror.url, "version": "2.4", "sha256": DIGEST,
                                        "size": len(PAYLOAD)})]
     fetch(make_cfg(mirror.url), store)
     assert len(mirror.seen(FILE)) == 1  # the store already had it: only the manifest was fetched again

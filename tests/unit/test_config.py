@@ -393,6 +393,16 @@ def test_event_is_one_json_line_without_secrets(log_stream: io.StringIO) -> None
     assert "abc" not in log_stream.getvalue()
 
 
+def test_a_mirror_failure_logged_for_a_step_names_group_node_and_step(log_stream: io.StringIO) -> None:
+    """Library code (artifacts) logs through a bound callable: its lines carry the step's context."""
+    from quorum_rollout import artifacts
+    steplog = L.bound(L.get_logger("coordinator"), group="intel-a", node="n1", release="r1", step="download")
+    artifacts._emit(steplog, "mirror_failed", level="warning", mirror="http://m", cause="refused")
+    (failed,) = lines(log_stream)
+    assert failed["event"] == "mirror_failed" and failed["level"] == "warning" and failed["cause"] == "refused"
+    assert (failed["group"], failed["node"], failed["release"], failed["step"]) == ("intel-a", "n1", "r1", "download")
+
+
 def test_levels_plain_records_and_exceptions(log_stream: io.StringIO) -> None:
     L.setup_logging("warning", stream=log_stream)  # replaces the handler, still one line per event
     logger = L.get_logger("quorum_rollout.api")
