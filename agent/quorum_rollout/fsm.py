@@ -740,7 +740,8 @@ def reform(state: dict[str, Any], survivors: list[str], *, time: float, actor: s
     others are gone). Not a command: every survivor starts from this same state with an empty
     journal (`quorum-rollout reform`). Membership shrinks to the survivors (all active), liveness
     is forgotten, a release under way is aborted (its hosts may be gone; start it again), the term
-    fence starts over with the new cluster; everything else (versions, history) is kept.
+    fence and the applied operation ids start over with the new cluster (its Raft terms restart at
+    1, and leader operation ids carry the term); everything else (versions, history) is kept.
     Raises ValueError when a survivor is not a member of `state`."""
     new = copy.deepcopy(state)
     members = new.get("members") or {}
@@ -749,7 +750,7 @@ def reform(state: dict[str, Any], survivors: list[str], *, time: float, actor: s
         raise ValueError(f"not members of the group: {', '.join(missing) or '(no survivors given)'}")
     if members:
         new["members"] = {m: {**rec, "status": ACTIVE, "since": time} for m, rec in members.items() if m in survivors}
-    new["unreachable"], new["leader_term"], new["leader"] = {}, 0, None
+    new["unreachable"], new["leader_term"], new["leader"], new["applied"] = {}, 0, None, []
     cmd = {"op": "reform", "time": time, "term": 0, "actor": actor}
     release = new["release"]
     if release and release["state"] not in TERMINAL:

@@ -1019,6 +1019,20 @@ def test_reform_keeps_the_survivors_aborts_the_release_and_restarts_the_fence():
     json.dumps(later)
 
 
+def test_reform_forgets_the_old_clusters_operation_ids():
+    """Raft terms restart at 1 in a re-formed group, and leader operation ids carry the term
+    (`lead:1:h00`): an id the old cluster applied must not make the new leader's a duplicate,
+    or it never takes the lead (seen: 1,100 announcements a minute, a release that never moved)."""
+    g = Group()
+    seed = {m["id"]: {k: m[k] for k in ("address", "api_url")} for m in map(member, range(3))}
+    g.raw({"op": "lead", "id": "lead:1:h00", "term": 1, "actor": "h00", "time": 1.0, "members": seed}, "accepted")
+    g.raw({"op": "lead", "id": "lead:4:h00", "term": 4, "actor": "h00", "time": 2.0}, "accepted")
+    new = fsm.reform(g.state, ["h00"], time=99.0, actor="h00")
+    assert new["applied"] == []
+    later, outcome = fsm.apply(new, {"op": "lead", "id": "lead:1:h00", "term": 1, "actor": "h00", "time": 100.0})
+    assert outcome.code == "accepted" and later["leader"]["node"] == "h00" and later["leader_term"] == 1
+
+
 def test_reform_refuses_strangers():
     g = seeded(2)
     with pytest.raises(ValueError, match="h07"):
