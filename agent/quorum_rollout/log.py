@@ -126,6 +126,27 @@ def bound(logger: logging.Logger, **context: Any) -> Any:
     return emit
 
 
+class RaftResendFilter(logging.Filter):
+    """pysyncobj logs CRITICAL "truncating already-applied log entries ... state machine may have
+    diverged" whenever a follower receives entries it already has again (a leader resending after
+    a reconnect or a reset of its next index): it deletes from the resent index on and re-adds the
+    same entries without comparing them. Applied entries are committed, and by Raft's log
+    matching and leader completeness the leader's entries at those indices are the same ones, so
+    nothing diverges and nothing is applied twice. The line becomes a warning event saying so;
+    docs/operations.md (troubleshooting) explains it and what would be a real divergence."""
+
+    PREFIX = "truncating already-applied log entries"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pysyncobj.syncobj" and str(record.msg).startswith(self.PREFIX):
+            detail = record.getMessage()
+            record.msg, record.args = "raft_entries_resent", None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.qr_fields = {"detail": detail,  # type: ignore[attr-defined]
+                                "note": "entries re-sent by the leader replaced the same committed entries"}
+        return True
+
+
 def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> logging.Handler:
     """Every log line of the process as JSON on `stream` (stderr by default): the handler sits on
     the root logger, so libraries (pysyncobj, urllib3) are JSON too; uncaught exceptions in any
@@ -136,6 +157,7 @@ def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> lo
         root.removeHandler(old)
     handler = JsonHandler(stream if stream is not None else sys.stderr)
     handler.qr_handler = True  # type: ignore[attr-defined]
+    handler.addFilter(RaftResendFilter())
     root.addHandler(handler)
     root.setLevel(numeric)
     ours = logging.getLogger(ROOT)

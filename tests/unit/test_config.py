@@ -403,6 +403,17 @@ def test_a_mirror_failure_logged_for_a_step_names_group_node_and_step(log_stream
     assert (failed["group"], failed["node"], failed["release"], failed["step"]) == ("intel-a", "n1", "r1", "download")
 
 
+def test_pysyncobj_resend_notice_is_a_warning_event(log_stream: io.StringIO) -> None:
+    logging.getLogger("pysyncobj.syncobj").critical(
+        "truncating already-applied log entries from index %d (last applied: %d) - state machine may have "
+        "diverged from other cluster members", 8, 8)
+    logging.getLogger("pysyncobj.syncobj").critical("something else")
+    resent, other = lines(log_stream)
+    assert (resent["level"], resent["event"]) == ("warning", "raft_entries_resent")
+    assert "from index 8 (last applied: 8)" in resent["detail"]
+    assert (other["level"], other["event"], other["message"]) == ("critical", "log", "something else")
+
+
 def test_levels_plain_records_and_exceptions(log_stream: io.StringIO) -> None:
     L.setup_logging("warning", stream=log_stream)  # replaces the handler, still one line per event
     logger = L.get_logger("quorum_rollout.api")
