@@ -27,11 +27,6 @@ log = get_logger("quorum_rollout.agent")
 MANIFEST_CHECK_SECONDS = 8.0
 
 
-def trust_policy(cfg: AgentConfig) -> signing.TrustPolicy:
-    keys = {k.id: k.public_key for k in cfg.artifacts.trusted_keys}
-    return signing.TrustPolicy(keys, cfg.artifacts.key_threshold, frozenset(cfg.artifacts.revoked_keys))
-
-
 REFORM_SEED = "reform.json"
 
 
@@ -63,7 +58,7 @@ class Agent:
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
         self.store = artifacts.Store(data / "store")
-        self.policy = trust_policy(cfg)
+        self.policy = signing.TrustPolicy.from_config(cfg.artifacts)
         self.uploads = threading.BoundedSemaphore(cfg.artifacts.max_peer_uploads)
         # One cap for everything this agent sends to peers (downloads have their own, per transfer).
         limit = cfg.artifacts.bandwidth_limit

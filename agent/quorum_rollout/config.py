@@ -600,16 +600,3 @@ def read_token(path: str | os.PathLike[str]) -> str:
         raise ConfigError("", f"the token must be at least 16 characters without spaces (it has {len(token)})",
                           f"write a random token, e.g. openssl rand -hex 24 > {path}", path=str(path))
     return token
-
-
-def config_to_dict(cfg: AgentConfig) -> dict[str, Any]:
-    """Plain dict of the config (tuples become lists); holds paths to secrets, never secrets."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(cfg))

@@ -61,6 +61,7 @@ class RegistryReporter:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout=10)
+        self._registry.close()
 
     def _run(self) -> None:
         while True:

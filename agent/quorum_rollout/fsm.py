@@ -133,11 +133,6 @@ def plan_batches(members: list[str], leader: str | None, fraction: float, canary
     return batches
 
 
-def is_active(state: dict[str, Any]) -> bool:
-    release = state.get("release")
-    return bool(release) and release["state"] not in TERMINAL
-
-
 def open_batch_hosts(state: dict[str, Any]) -> list[str]:
     """Hosts that must act now: the open install batch, or the open rollback batch."""
     release = state.get("release")

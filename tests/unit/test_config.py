@@ -270,15 +270,6 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     assert [(c.name, c.retries) for c in cfg.checks] == [("one", 2), ("two", 2)]
 
 
-def test_config_to_dict_round_trips(tmp_path: Path) -> None:
-    cfg = load(tmp_path, base())
-    plain = C.config_to_dict(cfg)
-    assert plain["raft"]["peers"][0]["id"] == "web-02" and isinstance(plain["checks"], list)
-    json.dumps(plain)
-    plain.pop("source")
-    assert load(tmp_path, plain) == cfg
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet="abcXYZ019._-: /!", min_size=1, max_size=70))
 def test_node_id_rule(value: str) -> None:

@@ -27,6 +27,12 @@ ARTIFACT = {"sha256": "ab" * 32, "size": 1234, "file": "app-2.4.tar.gz",
             "manifest": {"name": "app", "version": "2.4"}, "mirror": "https://mirror-1.example"}
 
 
+def under_way(state: dict) -> bool:
+    """What an operator reads from status: a release that has not reached a terminal state."""
+    release = state.get("release")
+    return bool(release) and release["state"] not in fsm.TERMINAL
+
+
 def hosts(n: int) -> list[str]:
     return [f"h{i:02d}" for i in range(n)]
 
@@ -167,7 +173,7 @@ DROP = object()  # marks an argument to leave out of a command
 
 def test_initial_state_is_json_and_idle():
     s = fsm.initial_state("amd-az2")
-    assert s["group"] == "amd-az2" and s["release"] is None and not fsm.is_active(s)
+    assert s["group"] == "amd-az2" and s["release"] is None and not under_way(s)
     assert s["current_version"] is None and s["highest_version"] is None
     assert json.loads(json.dumps(s)) == s
     assert fsm.open_batch_hosts(s) == []
@@ -180,7 +186,7 @@ def test_start_accepted_creates_release():
     assert out.ok and out.code == "accepted"
     r = g.release
     assert r["id"] == "2.4#1" and r["version"] == "2.4" and r["attempt"] == 1
-    assert r["state"] == RUNNING_OLD and fsm.is_active(g.state)
+    assert r["state"] == RUNNING_OLD and under_way(g.state)
     assert r["previous_version"] is None and r["members"] == ["h00", "h01", "h02"]
     assert r["batch_fraction"] == 0.5 and r["canary"] is True and r["allow_downgrade"] is False
     assert r["batch"] is None and r["batches"] == [] and r["rollback"] == [] and r["failure"] is None
@@ -321,7 +327,7 @@ def test_downloaded_verified_open_batch_happy_path():
     r = g.release
     assert r["state"] == DOWNLOADED and r["artifact"] == ARTIFACT and r["holders"] == [LEADER]
     assert r["batches"] == [[h] for h in hosts(10)[1:]] + [[LEADER]]
-    assert fsm.open_batch_hosts(g.state) == [] and fsm.is_active(g.state)
+    assert fsm.open_batch_hosts(g.state) == [] and under_way(g.state)
     g.verified(actor="h03")
     assert g.release["state"] == VERIFIED and g.release["holders"] == [LEADER, "h03"]
     g.open_batch()
@@ -438,7 +444,7 @@ def test_install_success_advances_batches_to_current():
             if pos < len(batch) - 1:  # the batch stays open until its last host reports
                 assert g.release["batch"] == index and g.state["current_version"] == "2.3"
     r = g.release
-    assert r["state"] == CURRENT and not fsm.is_active(g.state) and r["batch"] == 9
+    assert r["state"] == CURRENT and not under_way(g.state) and r["batch"] == 9
     assert g.state["current_version"] == "2.4" and g.state["highest_version"] == "2.4"
     assert all(e["status"] == UPDATED and e["version"] == "2.4" for e in r["hosts"].values())
     assert set(r["holders"]) == set(hosts(30)) and r["failure"] is None
@@ -496,7 +502,7 @@ def test_failure_in_batch_3_of_10_rolls_back_newest_first():
     g.install(good)
     g.install(bad, ok=False, step="preflight", reason="GET /health -> 503")
     r = g.release
-    assert r["state"] == ROLLING_BACK and fsm.is_active(g.state)
+    assert r["state"] == ROLLING_BACK and under_way(g.state)
     assert r["failure"] == {"host": bad, "step": "preflight", "reason": "GET /health -> 503"}
     assert r["rollback"] == [batches[3], batches[2], batches[1], batches[0]]
     reverting = {h for b in batches[:4] for h in b}
@@ -516,7 +522,7 @@ def test_failure_in_batch_3_of_10_rolls_back_newest_first():
             assert g.release["hosts"][h]["status"] == REVERTED and g.release["hosts"][h]["version"] == "2.3"
         g.revert(batches[index][0], expect="invalid")  # already reverted
     r = g.release
-    assert r["state"] == ROLLED_BACK and not fsm.is_active(g.state) and r["rollback"] == []
+    assert r["state"] == ROLLED_BACK and not under_way(g.state) and r["rollback"] == []
     assert r["failure"] == {"host": bad, "step": "preflight", "reason": "GET /health -> 503"}
     assert all(e["version"] == "2.3" for e in r["hosts"].values())
     assert g.state["current_version"] == "2.3" and g.state["highest_version"] == "2.3"
@@ -633,7 +639,7 @@ def test_pause_and_resume_in_each_forward_state(where):
     g.goto(where)
     batch = g.release["batch"]
     g.do("pause")
-    assert g.release["state"] == PAUSED and g.release["paused_from"] == where and fsm.is_active(g.state)
+    assert g.release["state"] == PAUSED and g.release["paused_from"] == where and under_way(g.state)
     assert fsm.open_batch_hosts(g.state) == []
     assert g.do("pause", "noop").ok
     g.do("resume")
@@ -719,7 +725,7 @@ def test_abort_from_each_non_current_state(where):
     g.goto(where)
     rid = g.rid
     g.do("abort", reason="operator changed their mind")
-    assert g.release["state"] == ABORTED and g.rid == rid and not fsm.is_active(g.state)
+    assert g.release["state"] == ABORTED and g.rid == rid and not under_way(g.state)
     assert g.state["history"][-1]["detail"] == "operator changed their mind"
     assert g.state["history"][-1]["from"] == where
     assert fsm.open_batch_hosts(g.state) == []
@@ -1631,7 +1637,7 @@ class FsmMachine(RuleBasedStateMachine):
         if outcome.code in ("conflict", "invalid"):
             assert new["rejected"][-1]["code"] == outcome.code and new["seq"] == old["seq"] + 1
         # at most one active release; a start while one is active never replaces it
-        if old_rel is not None and fsm.is_active(old):
+        if old_rel is not None and under_way(old):
             assert new_rel is not None and new_rel["id"] == old_rel["id"]
         if old_rel is not None and new_rel is not None and new_rel["id"] != old_rel["id"]:
             assert outcome.code == "accepted" and op in ("start", "retry")
