@@ -1,7 +1,10 @@
 """Pre-flight checks run on a host after it switched to a release: command, http, tcp.
 
-Each check gets `retries` attempts (the total, including the first), `timeout` seconds per
-attempt and `interval` seconds between attempts. `{version}` in a check's command, url and
+Each check has a window of `retries - 1` intervals after its first attempt, `timeout` seconds
+per attempt. Inside the window it is tried again after 0.05 s, then after twice as long each
+time up to `interval` (a service restarted a moment ago answers ~0.1 s later: it should not
+cost a whole interval), so it gets at least `retries` attempts and its last one at the end of
+the window, as with evenly spaced attempts. `{version}` in a check's command, url and
 expect_body is replaced by the release version. A failure's output says what was expected
 and what was got, e.g.
 
@@ -13,7 +16,6 @@ HTTP checks ignore proxy environment variables: they target the host's own servi
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from .config import Check, parse_host_port
 from .install import run_shell
 
 BODY_LIMIT = 1 << 20     # bytes of an HTTP body read for matching
+FIRST_WAIT = 0.05        # seconds before the second attempt; doubles up to the check's interval
 SHOWN = 200              # characters of a body or command output shown in a failure
 
 
@@ -80,13 +83,27 @@ def _tcp(check: Check) -> tuple[bool, str]:
     return True, f"tcp {address}: connected"
 
 
-def run_check(check: Check, *, version: str, cancel: threading.Event | None = None) -> CheckResult:
-    """Run one check with its retries; `cancel` (set on shutdown) stops waiting between attempts."""
+def waits(retries: int, interval: float) -> list[float]:
+    """Seconds to wait before each attempt after the first: from FIRST_WAIT, doubling up to
+    `interval`, until the window of `retries - 1` intervals is used up."""
+    if interval <= 0:
+        return [0.0] * max(retries - 1, 0)
+    window, total, wait, out = max(retries - 1, 0) * interval, 0.0, min(FIRST_WAIT, interval), []
+    while window - total > 1e-9:
+        out.append(min(wait, window - total))
+        total += out[-1]
+        wait = min(wait * 2, interval)
+    return out
+
+
+def run_check(check: Check, *, version: str) -> CheckResult:
+    """Run one check until it passes or its window is used up (see the module docstring)."""
     session = requests.Session()
     session.trust_env = False
     attempt, output = 0, ""
+    pauses = waits(check.retries, check.interval)
     try:
-        for attempt in range(1, max(check.retries, 1) + 1):
+        for attempt in range(1, len(pauses) + 2):
             if check.type == "command":
                 ok, output = _command(check, version)
             elif check.type == "http":
@@ -97,24 +114,19 @@ def run_check(check: Check, *, version: str, cancel: threading.Event | None = No
                 ok, output = False, f"unknown check type {check.type!r}: expected command, http or tcp"
             if ok:
                 return CheckResult(True, check.name, output, attempt)
-            if attempt < check.retries:
-                wait = max(check.interval, 0.0)
-                if cancel is not None and cancel.wait(wait):
-                    break
-                if cancel is None:
-                    time.sleep(wait)
+            if attempt <= len(pauses):
+                time.sleep(pauses[attempt - 1])
     finally:
         session.close()
     return CheckResult(False, check.name, f"{output} (after {attempt} attempt{'s' if attempt != 1 else ''})",
                        attempt)
 
 
-def run_checks(checks: tuple[Check, ...] | list[Check], *, version: str,
-               cancel: threading.Event | None = None) -> CheckResult:
+def run_checks(checks: tuple[Check, ...] | list[Check], *, version: str) -> CheckResult:
     """Run the checks in order; return the first failure, or an ok result named "all"."""
     attempts, names = 0, []
     for check in checks:
-        result = run_check(check, version=version, cancel=cancel)
+        result = run_check(check, version=version)
         attempts += result.attempts
         if not result.ok:
             return result

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from quorum_rollout import checks
 from quorum_rollout.checks import CheckResult, run_check, run_checks
 from quorum_rollout.config import Check
+
+time_sleep = time.sleep
 
 
 @dataclass
@@ -171,13 +174,29 @@ def test_command_retries(tmp_path: Path) -> None:
     assert result.ok and result.attempts == 3
 
 
-def test_cancel_stops_waiting_between_attempts() -> None:
-    cancel = threading.Event()
-    cancel.set()
-    started = time.monotonic()
-    result = run_check(Check(name="c", type="command", command="false", retries=5, interval=30), version="1",
-                       cancel=cancel)
-    assert not result.ok and result.attempts == 1 and time.monotonic() - started < 5
+@pytest.mark.parametrize(("retries", "interval", "expected"), [
+    (3, 1.0, [0.05, 0.1, 0.2, 0.4, 0.8, 0.45]),   # the default: 2 s window, 7 attempts
+    (3, 0.2, [0.05, 0.1, 0.2, 0.05]),
+    (5, 0.05, [0.05] * 4),                        # an interval below the first wait: evenly spaced
+    (1, 1.0, []),
+    (4, 0.0, [0.0, 0.0, 0.0]),
+])
+def test_attempts_start_quickly_and_keep_the_window(retries: int, interval: float, expected: list[float]) -> None:
+    got = checks.waits(retries, interval)
+    assert got == pytest.approx(expected)
+    assert sum(got) == pytest.approx((retries - 1) * interval), "the last attempt is at the end of the window"
+    assert len(got) >= retries - 1 and max(got, default=0) <= interval
+
+
+def test_a_service_up_a_moment_after_its_restart_passes_on_an_early_attempt(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first answer fails (not listening yet); the second, 0.05 s later, passes: no whole interval."""
+    slept: list[float] = []
+    monkeypatch.setattr(checks.time, "sleep", lambda seconds: slept.append(seconds) or time_sleep(seconds))
+    service.replies["/ready"] = [Reply(503, "starting"), Reply(200, "ok")]
+    result = run_check(http_check(service.url + "/ready", retries=3, interval=30), version="1")
+    assert result.ok and result.attempts == 2 and service.hits == ["/ready"] * 2
+    assert slept == [checks.FIRST_WAIT]
 
 
 def test_run_checks_stops_at_first_failure(tmp_path: Path, service: Service, listener: str) -> None:
