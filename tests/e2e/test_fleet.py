@@ -105,6 +105,19 @@ def test_site_again_changes_nothing(fleet: LocalFleet) -> None:
     assert fleet.pids() == pids, "a second run restarted processes"
 
 
+def test_a_misspelled_role_variable_fails_naming_the_right_one(fleet: LocalFleet) -> None:
+    """The agent refuses unknown config keys; the role refuses unknown quorum_rollout_* variables
+    the same way (else a typo is ignored and the default silently used), also in check mode."""
+    host = fleet.hosts[0]
+    pids = fleet.pids()
+    result = fleet.playbook("site.yml", "--check", "--limit", host.name, "-e", "quorum_rollout_batch_fracton=0.5",
+                            log="site-typo")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "quorum_rollout_batch_fracton (did you mean quorum_rollout_batch_fraction?)" in out, out[-3000:]
+    assert fleet.pids() == pids
+
+
 def test_check_mode_predicts_and_changes_nothing(fleet: LocalFleet) -> None:
     """A config drifted on one host: --check --diff shows it on that host only and leaves file and agent alone.
 
