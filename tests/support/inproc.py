@@ -74,6 +74,7 @@ class InProcGroup:
         self.wall = wall
         self.nodes = {m: InProcNode(self, m) for m in members}
         self.links = set(members)               # members whose Raft link is up
+        self.raft_cluster = {f"{m}:4321" for m in members}  # Raft addresses in the cluster (change_cluster)
         self.on_commit: list[Callable[[], None]] = []
         self._faults: list[tuple[str, str]] = []
         self._late: list[dict[str, Any]] = []
@@ -158,7 +159,7 @@ class InProcNode:
         self.group = group
         self.node_id = node_id
         self.address = f"{node_id}:4321"
-        self.added: list[tuple[str, str]] = []  # cluster changes asked of this node
+        self.changes: list[tuple[str, str]] = []  # cluster changes this node made
         self.handed_over = 0
 
     @property
@@ -198,10 +199,12 @@ class InProcNode:
         return any(n.address == address and m in self.group.links for m, n in self.group.nodes.items())
 
     def cluster(self) -> set[str]:
-        return {n.address for n in self.group.nodes.values()}
+        return set(self.group.raft_cluster)
 
     def change_cluster(self, change: str, address: str, timeout: float = 10.0) -> None:
-        self.added.append((change, address))
+        assert change in ("add", "remove"), change
+        self.changes.append((change, address))
+        (self.group.raft_cluster.add if change == "add" else self.group.raft_cluster.discard)(address)
 
     def hand_over(self) -> bool:
         self.handed_over += 1

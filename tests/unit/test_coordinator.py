@@ -449,3 +449,33 @@ def test_a_member_without_a_raft_link_is_reported_unreachable_after_member_timeo
     assert harness.group.nodes["h2"].propose("start", version="2.4", members=MEMBERS)["code"] == "conflict"
     harness.group.reconnect("h3")
     harness.settle(lambda: harness.group.state["unreachable"] == {})
+
+
+# ---------------------------------------------------------------------------------------- membership
+
+
+def test_a_joining_member_is_added_to_the_raft_cluster_once(harness: Harness) -> None:
+    harness.lead()
+    member = {"id": "h5", "address": "h5:4321", "api_url": "http://127.0.0.1:1"}
+    assert harness.group.nodes["h3"].propose("member_add", member=member)["code"] == "accepted"
+    harness.settle(lambda: True)
+    harness.settle(lambda: True)
+    assert harness.group.nodes["h1"].changes == [("add", "h5:4321")]
+    assert harness.group.state["members"]["h5"]["status"] == fsm.JOINING  # until it runs the group's version
+
+
+def test_a_leaving_member_is_taken_out_of_the_cluster_then_forgotten(harness: Harness) -> None:
+    term = harness.lead()
+    assert harness.group.nodes["h3"].propose("member_remove", member="h4")["code"] == "accepted"
+    harness.settle(lambda: "h4" not in harness.group.state["members"])
+    assert harness.group.nodes["h1"].changes == [("remove", "h4:4321")]
+    removed = harness.group.accepted("member_removed")
+    assert [(c["member"], c["term"]) for c in removed] == [("h4", term)]
+
+
+def test_a_leader_that_is_leaving_hands_leadership_over_instead_of_removing_itself(harness: Harness) -> None:
+    harness.lead("h1")
+    assert harness.group.nodes["h3"].propose("member_remove", member="h1")["code"] == "accepted"
+    harness.settle(lambda: True)
+    assert harness.group.nodes["h1"].handed_over >= 1 and harness.group.nodes["h1"].changes == []
+    assert harness.group.state["members"]["h1"]["status"] == fsm.LEAVING

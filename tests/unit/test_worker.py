@@ -26,7 +26,7 @@ from quorum_rollout.config import Check, Hooks, RolloutConfig
 from quorum_rollout.sources import Sources
 from quorum_rollout.worker import Worker
 
-from tests.support.inproc import GROUP, NAME, SECRET, InProcGroup, archive, member_config, publish
+from tests.support.inproc import GROUP, NAME, SECRET, InProcGroup, InProcNode, archive, member_config, publish
 
 MEMBERS = ["h1", "h2", "h3"]
 
@@ -65,7 +65,7 @@ class Member:
         assert result["code"] == "accepted", (op, result)
 
     def _rolling(self, version: str, running: str | None) -> None:
-        urls = {m: {"address": f"{m}:4321", "api_url": "http://127.0.0.1:1"} for m in MEMBERS}
+        urls = {m: {"address": f"{m}:4321", "api_url": f"http://127.0.0.1:1/{m}"} for m in MEMBERS}
         self.leader("lead", members=urls)
         self.leader("start", version=version, members=MEMBERS, batch_fraction=0.25, running_version=running)
         release = self.release["id"]
@@ -271,3 +271,26 @@ def test_a_report_whose_commit_was_not_confirmed_is_sent_again_until_it_is(tmp_p
     assert len(reports) == 2 and len({c["id"] for c in reports}) == 1
     assert [e["detail"] for e in m.group.history(op="host_done")] == ["h2 updated", "batch 2 of 3"]
     assert m.hooks_run() == ["stop 2.4", "start 2.4"]  # installed once
+
+
+# ------------------------------------------------------------------------------------------ joining
+
+
+def test_a_joining_member_installs_the_group_version_before_it_counts(tmp_path: Path, mirror: Any) -> None:
+    m = Member(tmp_path, mirror)
+    m.worker.step()
+    for host in ("h3", "h1"):
+        m.group.nodes[host].propose("host_done", release=m.release["id"], host=host, phase="install", ok=True,
+                                    step="done")
+    assert m.group.state["current_version"] == "2.4"
+    m.leader("member_add", member={"id": "h4", "address": "h4:4321", "api_url": "http://127.0.0.1:1/h4"})
+    m.group.nodes["h4"] = node = InProcNode(m.group, "h4")
+    cfg = member_config(tmp_path, "h4", [*MEMBERS, "h4"], [mirror.url],
+                        hooks=Hooks(start=f'echo "h4 $QR_HOOK $QR_VERSION" >> {tmp_path}/hooks.log'))
+    joiner = Worker(node, cfg, Sources(cfg, artifacts.Store(Path(cfg.data_dir) / "store"),
+                                       signing.TrustPolicy.from_config(cfg.artifacts), SECRET))
+    joiner.step()
+    assert install.current_version(cfg.install.root) == "2.4"
+    assert m.hooks_run()[-1] == "h4 start 2.4"
+    assert m.group.state["members"]["h4"]["status"] == fsm.ACTIVE
+    assert m.group.history(op="member_ready")[0]["detail"] == "h4 joined (runs 2.4)"
