@@ -316,6 +316,26 @@ def test_a_trickling_mirror_is_failed_at_the_download_deadline(tmp_path: Path, m
         h.stop()
 
 
+def test_a_verify_that_must_fetch_the_file_again_from_a_trickling_mirror_fails_at_its_deadline(
+        harness: Harness, mirror: Any) -> None:
+    harness.lead()
+    harness.start()
+    coordinator = harness.coordinator("h1")
+    coordinator.step()
+    harness.wait(lambda: harness.release["state"] == fsm.DOWNLOADED)
+    join_runner(coordinator)
+    coordinator.sources.store.path(harness.release["artifact"]["sha256"]).unlink()  # lost before verify
+    mirror.behave(FILE, trickle=0.05, trickle_bytes=16)
+    coordinator.step()  # verify starts: it has to fetch the file again
+    harness.wait(lambda: len(mirror.seen(FILE)) == 2)
+    harness.clock.advance(32.0)
+    harness.settle(lambda: harness.release["state"] == fsm.ROLLED_BACK)
+    failure = harness.release["failure"]
+    assert failure["step"] == "deadline"
+    assert failure["reason"].startswith("no progress in downloaded_in_leader for 30s (rollout.step_deadline) "
+                                        "during verify")
+
+
 def test_a_member_that_never_reports_fails_the_batch_at_its_deadline(harness: Harness) -> None:
     harness.lead()
     harness.start()
