@@ -65,9 +65,11 @@ class Committed:
 
 
 class InProcGroup:
-    def __init__(self, group: str, members: list[str], *, wall: Callable[[], float] = time.time) -> None:
-        self.state: dict[str, Any] = fsm.initial_state(group)
-        self.term = 0
+    def __init__(self, group: str, members: list[str], *, wall: Callable[[], float] = time.time,
+                 seed: dict[str, Any] | None = None, term: int = 0) -> None:
+        # `seed`: the state the group starts from (as GroupNode's); `term`: the Raft term it is in.
+        self.state: dict[str, Any] = seed if seed is not None else fsm.initial_state(group)
+        self.term = term
         self.leader: str | None = None
         self.log: list[Committed] = []          # every command that reached fsm.apply, in commit order
         self.proposed: list[dict[str, Any]] = []  # every command any member proposed, committed or not
