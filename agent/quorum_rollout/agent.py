@@ -14,7 +14,7 @@ from . import api, artifacts, fsm, install, signing
 from .channel import ChannelPoller
 from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
-from .group import GroupNode
+from .group import GroupNode, Node
 from .log import bound, event, get_logger
 from .operations import Operations
 from .registry import Registry
@@ -49,7 +49,12 @@ def take_reform_seed(cfg: AgentConfig) -> dict[str, Any] | None:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    """Wires a group member's parts together; `start()` runs the API server and the loops.
+
+    `node` replaces the Raft member this agent would make (tests pass an in-process one; its
+    change notifications are then the caller's to deliver)."""
+
+    def __init__(self, cfg: AgentConfig, node: Node | None = None) -> None:
         self.cfg = cfg
         # Both raise ConfigError naming the file when missing, too open or too short.
         self.secret = read_secret(cfg.raft.secret_file)
@@ -67,19 +72,28 @@ class Agent:
         self._stop = threading.Event()
         self._loops: list[threading.Thread] = []
         self.reporter = RegistryReporter(Registry(cfg.registry), cfg.group)
-        seed = take_reform_seed(cfg)
-        peers = ([rec["address"] for m, rec in sorted(seed["members"].items()) if m != cfg.node_id]
-                 if seed and seed.get("members") else [p.address for p in cfg.raft.peers])
-        self.node = GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
-                              peers=peers, secret=self.secret, data_dir=str(data / "raft"), on_change=self._wake_all,
-                              compaction_entries=cfg.raft.compaction_entries, seed=seed)
         self._events = [threading.Event(), threading.Event()]
+        self.node: Node = node if node is not None else self._group_node(data)
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
         self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
         self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel)
         self.worker = Worker(self.node, cfg, self.sources)
         self.operations = Operations(self.node, group=cfg.group)
+        self.server: api.AgentServer | None = None
+
+    def _group_node(self, data: Path) -> GroupNode:
+        cfg = self.cfg
+        seed = take_reform_seed(cfg)
+        peers = ([rec["address"] for m, rec in sorted(seed["members"].items()) if m != cfg.node_id]
+                 if seed and seed.get("members") else [p.address for p in cfg.raft.peers])
+        return GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
+                         peers=peers, secret=self.secret, data_dir=str(data / "raft"), on_change=self._wake_all,
+                         compaction_entries=cfg.raft.compaction_entries, seed=seed)
+
+    def start(self) -> None:
+        """Serve the API and run the coordinator, worker and operations loops until `stop()`."""
+        cfg = self.cfg
         self.operations.start()
         self.server = api.serve(self)
         for name, step, wake in (("coordinator", self.coordinator.step, self._events[0]),
@@ -101,7 +115,7 @@ class Agent:
             wake.clear()
             if self._stop.is_set():
                 return
-            if not self.node.isReady():
+            if not self.node.is_ready():
                 # While the journal is replayed and until this node has caught up with the leader's
                 # commit index, node.state is a past state: acting on it would redo old steps.
                 continue
@@ -139,8 +153,9 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self._wake_all()
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
         for thread in self._loops:
             thread.join(timeout=10)
         if self.channel is not None:
@@ -165,6 +180,7 @@ def run(cfg: AgentConfig) -> int:
     # pysyncobj creates with the process umask (PYSYNCOBJ.md rule 2). Hooks run with 022.
     os.umask(0o077)
     agent = Agent(cfg)
+    agent.start()
     pidfile = Path(cfg.data_dir) / "agent.pid"  # also written by `quorum-rollout service`: the same pid
     pidfile.write_text(f"{os.getpid()}\n")
     try:

@@ -15,8 +15,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import artifacts, fsm, signing
 from .group import ProposalError
@@ -143,30 +145,61 @@ def metrics_text(agent: Agent) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "quorum-rollout"
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are separate writes: avoid a 40 ms delayed-ACK stall
-    timeout = IDLE_TIMEOUT  # an idle or slow client's connection is closed after this many seconds
-    agent: Agent  # set on the subclass made by serve()
+@dataclass(frozen=True)
+class Reply:
+    """An answer of the API: a status, a JSON-able body (or text) and its content type."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # requests are logged as structured events instead
+    status: int
+    body: Any
+    content_type: str = "application/json"
 
-    # -- plumbing ------------------------------------------------------------------------------
 
-    def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
-        data = body.encode() if isinstance(body, str) else json.dumps(body, default=str).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+def route(agent: Agent, method: str, path: str, headers: Mapping[str, str], rfile: BinaryIO) -> Reply:
+    """Answer one request to a /v1 endpoint or /metrics: authentication, the body (read from
+    `rfile`, framed by `headers`' Content-Length), the endpoint and its outcome; errors as
+    `{"error", "detail"}`. No socket here: Handler writes the reply (and serves the peer
+    artifact endpoint itself, which streams a file)."""
+    return Request(agent, method, path.split("?", 1)[0], headers, rfile).answer()
 
-    def _error(self, exc: ApiError) -> None:
-        if exc.status in (400, 401, 413):
-            self.close_connection = True  # the rest of what the client sent cannot be trusted to frame
-        self._send(exc.status, {"error": exc.error, "detail": exc.detail})
+
+class Request:
+    """One request to route: the endpoints below each return the Reply (errors raise ApiError)."""
+
+    def __init__(self, agent: Agent, method: str, path: str, headers: Mapping[str, str], rfile: BinaryIO) -> None:
+        self.agent, self.method, self.path, self.headers, self.rfile = agent, method, path, headers, rfile
+
+    def answer(self) -> Reply:
+        try:
+            self._auth()
+            return self._route()
+        except ApiError as exc:
+            return Reply(exc.status, {"error": exc.error, "detail": exc.detail})
+
+    def _route(self) -> Reply:
+        method, path = self.method, self.path
+        route = {
+            ("GET", "/v1/status"): self._status,
+            ("GET", "/v1/events"): self._events,
+            ("GET", "/metrics"): self._metrics,
+            ("POST", "/v1/releases"): self._start,
+        }.get((method, path))
+        if route:
+            return route()
+        m = re.match(r"^/v1/releases/current/([a-z]+)$", path)
+        if method == "POST" and m:
+            return self._action(m.group(1))
+        m = re.match(r"^/v1/channel/([a-z]+)$", path)
+        if method == "POST" and m:
+            return self._channel(m.group(1))
+        m = re.match(r"^/v1/operations/([^/]+)$", path)
+        if method == "GET" and m:
+            return self._operation(m.group(1))
+        if method == "POST" and path == "/v1/members":
+            return self._member_add()
+        m = re.match(r"^/v1/members/([A-Za-z0-9._-]{1,64})$", path)
+        if method == "DELETE" and m:
+            return self._member_remove(m.group(1))
+        raise ApiError(404, f"no such endpoint: {method} {path}")
 
     def _auth(self) -> None:
         header = self.headers.get("Authorization", "")
@@ -211,61 +244,18 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, f"{name} must be a string of at most 200 characters", field=name)
         return body
 
-    def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
-        try:
-            if method == "GET" and _PEER_PATH.match(path):
-                return self._peer_artifact(_PEER_PATH.match(path).group(1))  # type: ignore[union-attr]
-            self._auth()
-            route = {
-                ("GET", "/v1/status"): self._status,
-                ("GET", "/v1/events"): self._events,
-                ("GET", "/metrics"): self._metrics,
-                ("POST", "/v1/releases"): self._start,
-            }.get((method, path))
-            if route:
-                return route()
-            m = re.match(r"^/v1/releases/current/([a-z]+)$", path)
-            if method == "POST" and m:
-                return self._action(m.group(1))
-            m = re.match(r"^/v1/channel/([a-z]+)$", path)
-            if method == "POST" and m:
-                return self._channel(m.group(1))
-            m = re.match(r"^/v1/operations/([^/]+)$", path)
-            if method == "GET" and m:
-                return self._operation(m.group(1))
-            if method == "POST" and path == "/v1/members":
-                return self._member_add()
-            m = re.match(r"^/v1/members/([A-Za-z0-9._-]{1,64})$", path)
-            if method == "DELETE" and m:
-                return self._member_remove(m.group(1))
-            raise ApiError(404, f"no such endpoint: {method} {path}")
-        except ApiError as exc:
-            self._error(exc)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
     # -- endpoints -----------------------------------------------------------------------------
 
-    def _status(self) -> None:
-        self._send(200, status_document(self.agent))
+    def _status(self) -> Reply:
+        return Reply(200, status_document(self.agent))
 
-    def _events(self) -> None:
-        self._send(200, {"events": self.agent.node.state["history"]})
+    def _events(self) -> Reply:
+        return Reply(200, {"events": self.agent.node.state["history"]})
 
-    def _metrics(self) -> None:
-        self._send(200, metrics_text(self.agent), "text/plain; version=0.0.4")
+    def _metrics(self) -> Reply:
+        return Reply(200, metrics_text(self.agent), "text/plain; version=0.0.4")
 
-    def _start(self) -> None:
+    def _start(self) -> Reply:
         body = self._body(("version", "allow_downgrade", "allow_unreachable", "operation_id"))
         version = body.get("version")
         if not fsm.valid_version(version):
@@ -276,7 +266,7 @@ class Handler(BaseHTTPRequestHandler):
                                      allow_unreachable=body.get("allow_unreachable", False))
         if self.agent.node.preview("start", **args).code == "accepted":
             self._check_published(version, allow_downgrade)
-        self._submit("start", body.get("operation_id"), created=True, **args)
+        return self._submit("start", body.get("operation_id"), created=True, **args)
 
     def _check_published(self, version: str, allow_downgrade: bool) -> None:
         """Refuse before anything is committed when no mirror serves a valid signed manifest of
@@ -292,24 +282,24 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(503, f"no mirror served a usable manifest of {version}; nothing was started: {exc}",
                            reason="mirrors_unavailable", version=version) from None
 
-    def _action(self, action: str) -> None:
+    def _action(self, action: str) -> Reply:
         if action not in _ACTIONS:
             raise ApiError(404, f"unknown action {action!r}; use one of {sorted(_ACTIONS)}")
         body = self._body(("release", "operation_id") + (("reason",) if action == "abort" else ()))
         if self.agent.node.state["release"] is None:
             raise ApiError(404, "the group has no release yet")
         args = {k: body[k] for k in ("release", "reason") if body.get(k) is not None}
-        self._submit(action, body.get("operation_id"), created=False, **args)
+        return self._submit(action, body.get("operation_id"), created=False, **args)
 
-    def _channel(self, action: str) -> None:
+    def _channel(self, action: str) -> Reply:
         """Pause or resume the group's release channel (autonomous mode): a replicated flag the
         leader reads before it starts anything the channel names."""
         if action not in ("pause", "resume"):
             raise ApiError(404, f"unknown channel action {action!r}; use pause or resume")
         body = self._body(("operation_id",))
-        self._submit("channel", body.get("operation_id"), created=False, paused=action == "pause")
+        return self._submit("channel", body.get("operation_id"), created=False, paused=action == "pause")
 
-    def _submit(self, op: str, op_id: str | None, *, created: bool, **args: Any) -> None:
+    def _submit(self, op: str, op_id: str | None, *, created: bool, **args: Any) -> Reply:
         """Propose and answer with the outcome; 202 with the operation id when the outcome is not
         known yet (timeout, leader change): the command may still commit, so the client asks
         GET /v1/operations/<id> (or resends with the same operation_id, which is idempotent)."""
@@ -321,11 +311,10 @@ class Handler(BaseHTTPRequestHandler):
             if exc.definitive:
                 raise ApiError(503, f"the group did not take the command: {exc}; nothing changed, retry",
                                operation_id=op_id) from None
-            self._send(202, {"operation": operations.document(op_id), "changed": None,
-                             "reason": f"not committed within {PROPOSE_TIMEOUT:g}s ({exc}); this node keeps "
-                                       f"proposing it until it commits: follow GET /v1/operations/{op_id}",
-                             "release": self.agent.node.state["release"]})
-            return
+            return Reply(202, {"operation": operations.document(op_id), "changed": None,
+                               "reason": f"not committed within {PROPOSE_TIMEOUT:g}s ({exc}); this node keeps "
+                                         f"proposing it until it commits: follow GET /v1/operations/{op_id}",
+                               "release": self.agent.node.state["release"]})
         release = self.agent.node.state["release"]
         status = _OUTCOME_STATUS.get(result["code"], 500)
         if status == 201 and not created:
@@ -337,27 +326,71 @@ class Handler(BaseHTTPRequestHandler):
                   "operation": operations.document(op_id), "release": release}
         if op == "channel":
             answer["channel"] = fsm.channel_record(self.agent.node.state)
-        self._send(status, answer)
+        return Reply(status, answer)
 
-    def _member_add(self) -> None:
+    def _member_add(self) -> Reply:
         body = self._body(("id", "address", "api_url", "operation_id"))
         member = {k: body.get(k) for k in ("id", "address", "api_url")}
         for name, value in member.items():
             if not isinstance(value, str) or not value:
                 raise ApiError(400, f"{name} is required (the new member's node id, Raft host:port and API URL)",
                                field=name)
-        self._submit("member_add", body.get("operation_id"), created=True, member=member)
+        return self._submit("member_add", body.get("operation_id"), created=True, member=member)
 
-    def _member_remove(self, member: str) -> None:
+    def _member_remove(self, member: str) -> Reply:
         body = self._body(("operation_id",))
-        self._submit("member_remove", body.get("operation_id"), created=False, member=member)
+        return self._submit("member_remove", body.get("operation_id"), created=False, member=member)
 
-    def _operation(self, op_id: str) -> None:
+    def _operation(self, op_id: str) -> Reply:
         doc = self.agent.operations.document(op_id)
         if doc["status"] == "unknown":
             raise ApiError(404, f"operation {op_id!r} is unknown here: never submitted to this node, or older "
                            f"than the last {fsm.APPLIED_LIMIT} commands the group remembers", operation_id=op_id)
-        self._send(200, doc)
+        return Reply(200, doc)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "quorum-rollout"
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid a 40 ms delayed-ACK stall
+    timeout = IDLE_TIMEOUT  # an idle or slow client's connection is closed after this many seconds
+    agent: Agent  # set on the subclass made by serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # requests are logged as structured events instead
+
+    def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
+        if status in (400, 401, 413):
+            self.close_connection = True  # the rest of what the client sent cannot be trusted to frame
+        data = body.encode() if isinstance(body, str) else json.dumps(body, default=str).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            peer = _PEER_PATH.match(path) if method == "GET" else None
+            if peer:
+                try:
+                    return self._peer_artifact(peer.group(1))
+                except ApiError as exc:
+                    return self._send(exc.status, {"error": exc.error, "detail": exc.detail})
+            reply = route(self.agent, method, path, self.headers, self.rfile)
+            self._send(reply.status, reply.body, reply.content_type)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     def _peer_artifact(self, digest: str) -> None:
         """Serve a verified artifact of the current release to a group member (MAC-authenticated)."""

@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 
 from . import artifacts, fsm, signing
 from .config import AgentConfig
-from .group import ProposalError
+from .group import Node, ProposalError
 from .log import event, get_logger
 
 log = get_logger("quorum_rollout.channel")
@@ -82,7 +82,7 @@ class Starter(Protocol):
 class ChannelPoller:
     """Polls the channel while this node leads; at most one poll in flight, in its own thread."""
 
-    def __init__(self, node: Any, cfg: AgentConfig, policy: signing.TrustPolicy, starter: Starter, *,
+    def __init__(self, node: Node, cfg: AgentConfig, policy: signing.TrustPolicy, starter: Starter, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random,
                  fetch: Callable[..., Any] = artifacts.fetch_channel) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from . import artifacts, fsm, signing
 from .config import AgentConfig
-from .group import ProposalError
+from .group import Node, ProposalError
 from .log import bound, event, get_logger
 from .registry import Registry, RegistryError
 from .sources import Sources, clip, failed_step, members_of
@@ -124,7 +124,7 @@ _LONG_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify"}
 
 
 class Coordinator:
-    def __init__(self, node: Any, cfg: AgentConfig, sources: Sources, reporter: RegistryReporter, *,
+    def __init__(self, node: Node, cfg: AgentConfig, sources: Sources, reporter: RegistryReporter, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  channel: Any = None) -> None:
         self.node = node

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.node import TCPNode
@@ -43,6 +43,41 @@ class ProposalError(Exception):
     def __init__(self, message: str, definitive: bool = False) -> None:
         super().__init__(message)
         self.definitive = definitive
+
+
+class Node(Protocol):
+    """What the agent's loops (coordinator, worker, channel poller, operations, API) use of one
+    group member: `GroupNode` here, an in-process stand-in in the tests (tests/support/inproc.py).
+
+    `state` is the committed group state (replaced, never mutated); `propose` commits one command
+    and returns fsm's outcome ({"code", "reason"}) or raises ProposalError."""
+
+    state: dict[str, Any]
+
+    def propose(self, op: str, *, timeout: float = 5.0, op_id: str | None = None, term: int | None = None,
+                **args: Any) -> dict[str, str]: ...
+
+    def preview(self, op: str, **args: Any) -> fsm.Outcome: ...
+
+    def current_term(self) -> int: ...
+
+    def is_leader(self) -> bool: ...
+
+    def is_ready(self) -> bool: ...
+
+    def leader_address(self) -> str | None: ...
+
+    def raft_status(self) -> dict[str, Any]: ...
+
+    def peer_connected(self, address: str) -> bool: ...
+
+    def cluster(self) -> set[str]: ...
+
+    def change_cluster(self, change: str, address: str, timeout: float = 10.0) -> None: ...
+
+    def hand_over(self) -> bool: ...
+
+    def stop(self) -> None: ...
 
 
 _DEFINITIVE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.REQUEST_DENIED,
@@ -150,6 +185,11 @@ class GroupNode(SyncObj):
     def is_leader(self) -> bool:
         return bool(self._isLeader())
 
+    def is_ready(self) -> bool:
+        """False while the journal is replayed and until this node caught up with the leader's
+        commit index: `state` is a past state then."""
+        return bool(self.isReady())
+
     def leader_address(self) -> str | None:
         leader = self._getLeader()
         return leader.address if leader is not None else None
@@ -212,7 +252,7 @@ class GroupNode(SyncObj):
             "commit_index": status["commit_idx"],
             "last_applied": status["last_applied"],
             "log_entries": status["log_len"],
-            "ready": bool(self.isReady()),
+            "ready": self.is_ready(),
         }
 
     def snapshot_attributes(self) -> set[str]:

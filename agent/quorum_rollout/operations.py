@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .group import ProposalError
+from .group import Node, ProposalError
 from .log import event, get_logger
 
 log = get_logger("quorum_rollout.operations")
@@ -25,7 +25,7 @@ LIMIT = 1024
 
 
 class Operations:
-    def __init__(self, node: Any, *, group: str, ttl: float = 600.0, retry_every: float = 2.0,
+    def __init__(self, node: Node, *, group: str, ttl: float = 600.0, retry_every: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.node = node
         self._group, self._ttl, self._every, self._clock = group, ttl, retry_every, clock
@@ -85,7 +85,7 @@ class Operations:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
-            if self.node.isReady():
+            if self.node.is_ready():
                 self._retry()
 
     def _retry(self) -> None:

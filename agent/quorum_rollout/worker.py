@@ -17,7 +17,7 @@ from typing import Any
 
 from . import artifacts, checks, fsm, housekeeping, install, signing
 from .config import AgentConfig
-from .group import ProposalError
+from .group import Node, ProposalError
 from .log import event, get_logger
 from .sources import Sources, clip, failed_step, members_of
 
@@ -32,7 +32,7 @@ class StepFailed(Exception):
 
 
 class Worker:
-    def __init__(self, node: Any, cfg: AgentConfig, sources: Sources) -> None:
+    def __init__(self, node: Node, cfg: AgentConfig, sources: Sources) -> None:
         self.node = node
         self.cfg = cfg
         self.sources = sources

@@ -12,9 +12,10 @@ import pytest
 from quorum_rollout import artifacts, channel, fsm, signing
 from quorum_rollout.channel import ChannelPoller, decide
 from quorum_rollout.config import parse_config
-from quorum_rollout.group import ProposalError
 
 from test_config import base
+
+from tests.support.inproc import InProcGroup, InProcNode
 
 MEMBERS = ["web-01", "web-02", "web-03"]
 
@@ -66,45 +67,25 @@ def test_decide_is_pure_and_reads_a_state_from_before_autonomous_mode() -> None:
 # ------------------------------------------------------------------------------ ChannelPoller
 
 
-class Node:
-    """A leader whose group state changes only through `fsm.apply` (what group.GroupNode does)."""
+class Node(InProcNode):
+    """web-01, leading its group in term 3 (tests/support/inproc.py: every commit runs fsm.apply)."""
 
     def __init__(self) -> None:
-        self.state = fsm.initial_state("intel-zone-a")
-        self.state.update(current_version="2.4", highest_version="2.4")
-        self.term, self.leader, self.proposed = 3, True, []
-        self.state, _ = fsm.apply(self.state, {"op": "lead", "id": "lead:3", "term": 3, "actor": "web-01"})
-        self.fail_proposals = False
-
-    def is_leader(self) -> bool:
-        return self.leader
-
-    def current_term(self) -> int:
-        return self.term
-
-    def _cmd(self, op: str, op_id: str | None, term: int | None, args: dict[str, Any]) -> dict[str, Any]:
-        return {"op": op, "id": op_id, "term": self.term if term is None else term, "time": 1.0, "actor": "web-01",
-                **args}
-
-    def preview(self, op: str, **args: Any) -> fsm.Outcome:
-        term = args.pop("term", None)
-        return fsm.apply(self.state, self._cmd(op, None, term, args))[1]
-
-    def propose(self, op: str, *, op_id: str | None = None, term: int | None = None, timeout: float = 5.0,
-                **args: Any) -> dict[str, str]:
-        if self.fail_proposals:
-            raise ProposalError(f"{op} not committed: Timeout")
-        cmd = self._cmd(op, op_id, term, args)
-        self.proposed.append(cmd)
-        self.state, outcome = fsm.apply(self.state, cmd)
-        return {"code": outcome.code, "reason": outcome.reason}
+        state = fsm.initial_state("intel-zone-a")
+        state.update(current_version="2.4", highest_version="2.4")
+        group = InProcGroup("intel-zone-a", MEMBERS, seed=state, term=2)
+        super().__init__(group, "web-01")
+        group.nodes["web-01"] = self
+        group.elect("web-01")
+        assert self.propose("lead", term=3)["code"] == "accepted"
 
     def operator(self, op: str, **args: Any) -> None:
-        self.state, outcome = fsm.apply(self.state, self._cmd(op, f"op-{len(self.state['applied'])}", None, args))
-        assert outcome.ok, outcome
+        result = self.group.nodes["web-02"].propose(op, **args)
+        assert result["code"] == "accepted", result
 
     def starts(self) -> list[dict[str, Any]]:
-        return [c for c in self.proposed if c["op"] == "start"]
+        """The starts that committed."""
+        return self.group.accepted("start")
 
 
 class Starter:
@@ -276,31 +257,32 @@ def test_a_version_that_rolled_back_is_not_retried_until_a_newer_one_is_named(wo
 
 def test_a_node_that_lost_the_lead_while_polling_proposes_nothing(world: Any) -> None:
     node, _starter, _fetch, _clock, poller = world
-    node.leader = False
+    node.group.depose()
     poller.poll(3)
-    node.leader, node.term = True, 4
-    poller.poll(3)  # the poll of term 3 ended in term 4
-    assert node.starts() == []
+    node.group.elect("web-01")
+    poller.poll(3)  # the poll of term 3 ended in term 5
+    assert not [c for c in node.group.proposed if c["op"] == "start"]
 
 
 def test_a_start_the_state_machine_would_refuse_is_logged_not_proposed(world: Any,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     node, starter, _fetch, _clock, poller = world
     caplog.set_level(logging.INFO, logger="quorum_rollout")
-    node.state = {**node.state, "unreachable": {"web-03": None}}
+    assert node.propose("liveness", term=3, unreachable={"web-03": None})["code"] == "accepted"
     poller.poll(3)
-    assert node.starts() == [] and starter.checked == []
+    assert not [c for c in node.group.proposed if c["op"] == "start"] and starter.checked == []
     (refused,) = events(caplog, "channel_start_refused")
     assert "web-03" in refused["cause"]
 
 
 def test_an_unknown_proposal_outcome_is_proposed_again_with_the_same_id(world: Any) -> None:
     node, _starter, _fetch, _clock, poller = world
-    node.fail_proposals = True
+    node.group.fail_next("start", "lost")
     poller.poll(3)
-    node.fail_proposals = False
+    assert node.starts() == []
     poller.poll(3)
     assert [s["id"] for s in node.starts()] == ["channel:stable:2.5:0"]
+    assert {c["id"] for c in node.group.proposed if c["op"] == "start"} == {"channel:stable:2.5:0"}
 
 
 def test_tick_polls_at_once_when_leading_then_after_the_jittered_interval(world: Any) -> None:
