@@ -47,6 +47,12 @@ class Worker:
 
     def step(self) -> None:
         state = self.node.state
+        if (state.get("leader") or {}).get("term") != self.node.current_term():
+            # Until this term's leader announced itself (its `lead` entry applied here), the state
+            # may be a past one even on a node pysyncobj calls ready: a leader elected after a
+            # whole-group restart knows only the commit index its journal kept, which can lag the
+            # entries that were committed, and members would redo a step of that past state.
+            return
         release = state["release"]
         if (state.get("members") or {}).get(self.host, {}).get("status") == fsm.JOINING:
             self._join(state)

@@ -128,6 +128,20 @@ def test_the_open_batch_member_fetches_verifies_installs_restarts_checks_and_rep
     assert len([c for c in m.group.proposed if c["op"] == "host_done"]) == 1
 
 
+def test_a_member_waits_for_the_new_terms_leader_before_acting_on_the_state(tmp_path: Path, mirror: Any) -> None:
+    """After a new election the state may be a past one (a leader restarted with the whole group
+    knows only the commit index its journal kept): the batch open in it is not acted on until the
+    new term's leader announced itself, which every entry committed before follows."""
+    m = Member(tmp_path, mirror)
+    term = m.group.elect("h3")
+    m.worker.step()
+    assert install.current_version(m.root) is None and m.hooks_run() == []
+    result = m.group.nodes["h3"].propose("lead", term=term)
+    assert result["code"] == "accepted"
+    m.worker.step()
+    assert install.current_version(m.root) == "2.4" and m.host["status"] == fsm.UPDATED
+
+
 def test_a_restart_hook_replaces_stop_and_start(tmp_path: Path, mirror: Any) -> None:
     m = Member(tmp_path, mirror, hooks=Hooks(restart=f'echo "$QR_HOOK $QR_VERSION" >> {tmp_path}/hooks.log'))
     m.worker.step()
