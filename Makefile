@@ -33,7 +33,7 @@ contract:
 	$(PYTHON) scripts/generate_contract.py
 
 lint: venv collection
-	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files
+	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files scripts
 	$(VENV)/bin/ansible-lint --offline -q roles playbooks site.yml release.yml
 
 unit: venv collection

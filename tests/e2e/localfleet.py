@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.fleet import processes_under
+from scripts.localfleet.common import MIRROR, processes_under
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -44,7 +44,7 @@ PLAYBOOK_ENV = {
     "ANSIBLE_DEPRECATION_WARNINGS": "0",
     "ANSIBLE_LOCALHOST_WARNING": "0",
     "PYTHONUNBUFFERED": "1",
-    "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "e2e" / "callback_plugins"),
+    "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "scripts" / "localfleet" / "callback_plugins"),
     "ANSIBLE_CALLBACKS_ENABLED": "task_timer",
 }
 
@@ -225,7 +225,7 @@ class LocalFleet:
     def start_mirror(self) -> None:
         self.mirror_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / "mirror.log", "ab")
-        proc = subprocess.Popen([PY, str(REPO / "tests" / "support" / "mirror.py"), "--bind", f"{self.subnet}.1",
+        proc = subprocess.Popen([PY, str(MIRROR), "--bind", f"{self.subnet}.1",
                                  "--port", str(MIRROR_PORT), "--root", str(self.mirror_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
