@@ -1,8 +1,8 @@
 """Local fleets on one machine, for `make demo`, the benchmarks and the integration and e2e tests.
 
 A developer and demo tool, not part of the agent distribution nor of the built collection
-(galaxy.yml's build_ignore leaves scripts/localfleet out). Tests import it; it imports nothing
-from tests/.
+(galaxy.yml's build_ignore leaves scripts/localfleet out). Tests import it; it never imports
+from the tests.
 
 - `agents.Fleet`: N agents started directly from generated configs, one Raft group
   (tests/integration, bench/);
@@ -30,8 +30,10 @@ from .common import (
     stop_processes,
     wait_for,
 )
+from .playbooks import PLAYBOOK_ENV, FleetHost, LocalFleet, recap
 
 __all__ = [
-    "APP_PORT", "CLI", "DEMO_FILES", "MIRROR_PORT", "PY", "REPO", "Fleet", "Host", "current_version", "free_subnet",
-    "health", "is_alive", "processes_under", "start_mirror", "stop_processes", "wait_for",
+    "APP_PORT", "CLI", "DEMO_FILES", "MIRROR_PORT", "PLAYBOOK_ENV", "PY", "REPO", "Fleet", "FleetHost", "Host",
+    "LocalFleet", "current_version", "free_subnet", "health", "is_alive", "processes_under", "recap", "start_mirror",
+    "stop_processes", "wait_for",
 ]
