@@ -99,9 +99,11 @@ def start_mirror(ip: str, port: int, root: Path, *, log: Path | None = None, sta
         cmd += ["--stats", str(stats)]
     if rate:
         cmd += ["--rate", str(rate)]
+
     def popen(out: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+
     if log:
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
             proc = popen(out)
