@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv collection contract test unit integration e2e lint sanity demo demo-stop bench clean
+.PHONY: help venv collection contract test unit playbooks integration e2e lint sanity demo demo-stop bench clean
 
 help:
 	@echo "make demo   - build a local demo fleet, install agents, release 2.4, print per-group result"
-	@echo "make test   - every test: lint, unit, integration (real agents), e2e (real ansible-playbook)"
+	@echo "make test   - every test: lint, unit, playbooks, integration (real agents), e2e (real ansible-playbook)"
 	@echo "make bench  - benchmarks (results go to docs/benchmarks.md by hand)"
 
 $(VENV)/.stamp: agent/pyproject.toml requirements-dev.txt
@@ -33,11 +33,15 @@ contract:
 	$(PYTHON) scripts/generate_contract.py
 
 lint: venv collection
-	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files
+	$(VENV)/bin/ruff check agent tests bench roles/demo_app/files scripts
 	$(VENV)/bin/ansible-lint --offline -q roles playbooks site.yml release.yml
 
 unit: venv collection
 	$(PYTEST) -q tests/unit
+
+# The plugins through whole ansible-playbook runs on localhost (a stand-in agent, no fleet).
+playbooks: venv collection
+	$(PYTEST) -q tests/playbooks
 
 # Two files at a time (pytest-xdist, one worker per core); the Raft port attacks measure a group's
 # behaviour under load and run alone afterwards.
@@ -51,7 +55,7 @@ e2e: venv collection
 sanity: venv
 	@if [ -x scripts/ansible-test.sh ]; then scripts/ansible-test.sh; fi
 
-test: lint unit integration e2e sanity
+test: lint unit playbooks integration e2e sanity
 
 demo: venv collection
 	$(PY) scripts/demo.py up

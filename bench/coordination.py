@@ -37,7 +37,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.fleet import DEMO_FILES, Fleet, wait_for  # noqa: E402
+from scripts.localfleet import DEMO_FILES, Fleet, wait_for  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

@@ -29,7 +29,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.fleet import Fleet, Host, wait_for  # noqa: E402
+from scripts.localfleet import Fleet, Host, wait_for  # noqa: E402
 
 
 def proc_kib(pid: int, field: str) -> int:

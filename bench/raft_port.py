@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.raft_attacks import CommitLoop, Watch, pct, proc_kib  # noqa: E402
-from tests.support.fleet import Fleet, Host  # noqa: E402
+from scripts.localfleet import Fleet, Host  # noqa: E402
 
 VERSION = "2.4"
 

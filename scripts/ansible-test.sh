@@ -6,10 +6,12 @@
 #   scripts/ansible-test.sh units [ARGS]    # only the plugins' unit tests
 #
 # Sanity covers the Ansible content (plugins, roles, playbooks, meta, changelogs, the plugins'
-# tests, this script). It leaves out the agent: agent/ is a separate Python distribution
+# unit tests, this script). It leaves out the agent: agent/ is a separate Python distribution
 # (agent/pyproject.toml, linted by ruff with its own rules, tested by tests/unit/test_*.py,
-# tests/integration/*.py, tests/e2e), which Ansible's module rules (Python 3.8 targets,
-# no `_` names, ...) do not apply to. SANITY_ALL=1 checks every file instead.
+# tests/integration/*.py, tests/e2e), the local fleet library scripts/localfleet/ (a developer
+# tool, not shipped) and the pytest layers linted by ruff (tests/playbooks too): Ansible's module
+# rules (Python 3.8 targets, no `_` names, ...) do not apply to them. SANITY_ALL=1 checks every
+# file instead.
 #
 # ansible-test needs the collection at .../ansible_collections/quorum/rollout/, so the files
 # git knows about (tracked, plus new files not ignored) are copied into a temporary tree
@@ -70,7 +72,7 @@ cd "$DEST"
 targets=()
 if [ "${SANITY_ALL:-0}" != 1 ]; then
     while IFS= read -r f; do targets+=("$f"); done < <(
-        git ls-files | grep -Ev '^(agent|bench)/|^tests/(unit|integration|e2e|support)/' || true
+        git ls-files | grep -Ev '^(agent|bench|scripts/localfleet)/|^tests/(unit|playbooks|integration|e2e|support)/' || true
         git ls-files 'tests/unit/plugins/*' 'tests/integration/targets/*'
     )
 fi

@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.localfleet import APP_PORT, MIRROR_PORT, LocalFleet, recap  # noqa: E402
+from scripts.localfleet import APP_PORT, MIRROR_PORT, LocalFleet, recap  # noqa: E402
+from scripts.localfleet.common import port_free  # noqa: E402
 
 DEMO = REPO / "demo"
 
@@ -70,14 +70,9 @@ def group_lines(output: str) -> list[str]:
 
 
 def check_addresses(subnet: str) -> None:
-    busy = []
-    for ip, port in [(f"{subnet}.1", MIRROR_PORT)] + [(f"{subnet}.{n}", p) for n in range(2, 14)
-                                                      for p in (7100, 7200, APP_PORT)]:
-        with socket.socket() as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                busy.append(f"{ip}:{port}")
+    wanted = [(f"{subnet}.1", MIRROR_PORT)]
+    wanted += [(f"{subnet}.{n}", port) for n in range(2, 14) for port in (7100, 7200, APP_PORT)]
+    busy = [f"{ip}:{port}" for ip, port in wanted if not port_free(ip, port)]
     if busy:
         raise SystemExit(f"error: addresses in use: {', '.join(busy[:6])}{' ...' if len(busy) > 6 else ''} "
                          f"(fix: stop what uses them, or pick another /24: scripts/demo.py up --subnet 127.0.5)")

@@ -18,15 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "agent/quorum_rollout/contract.py"
 COPY = "plugins/module_utils/contract.py"
-HEADER = """\
+HEADER = f"""\
 # -*- coding: utf-8 -*-
 # Copyright (c) 2026, quorum.rollout contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
-# generated from %s; do not edit: change the source, then run `make contract`.
+# generated from {SOURCE}; do not edit: change the source, then run `make contract`.
 
-""" % SOURCE
+"""
 
 
 def render() -> bytes:
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if current == wanted:
         return 0
     if args.check:
-        print("%s differs from %s: run `make contract` and commit it" % (COPY, SOURCE), file=sys.stderr)
+        print(f"{COPY} differs from {SOURCE}: run `make contract` and commit it", file=sys.stderr)
         return 1
     target.write_bytes(wanted)
-    print("wrote %s from %s" % (COPY, SOURCE))
+    print(f"wrote {COPY} from {SOURCE}")
     return 0
 
 

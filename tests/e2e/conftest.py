@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.localfleet import LocalFleet  # noqa: E402
+from scripts.localfleet import LocalFleet  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localfleet import PLAYBOOK_ENV, PY, REPO, LocalFleet, wait_until
+from scripts.localfleet import PLAYBOOK_ENV, PY, REPO, LocalFleet, wait_for
 
 pytestmark = pytest.mark.e2e
 BIN = Path(PY).parent
@@ -46,6 +46,9 @@ def test_installed_collection_runs_site_and_release(fleet: LocalFleet, tmp_path:
     root = installed / "ansible_collections" / "quorum" / "rollout"
     assert (root / "playbooks" / "site.yml").is_file() and (root / "agent" / "pyproject.toml").is_file()
     assert not (root / ".venv").exists() and not (root / "tests" / "output").exists()
+    # The local fleet library and the dev tools that import it need a checkout: they are not shipped.
+    assert not (root / "scripts" / "localfleet").exists() and not (root / "scripts" / "demo.py").exists()
+    assert not (root / "bench").exists()
     env["ANSIBLE_COLLECTIONS_PATH"] = str(installed)
 
     fleet.start_mirror()
@@ -57,4 +60,4 @@ def test_installed_collection_runs_site_and_release(fleet: LocalFleet, tmp_path:
     assert "intel-z1" in out and "current" in out
     for host in fleet.hosts:
         assert host.current() == "2.4"
-        assert wait_until(lambda h=host: h.health()[1].get("version") == "2.4", 30, f"{host.name} serves 2.4")
+        assert wait_for(lambda h=host: h.health()[1].get("version") == "2.4", 30, f"{host.name} serves 2.4")

@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.e2e.localfleet import PY, LocalFleet, recap
+from scripts.localfleet import PY, LocalFleet, recap
 
 
 def test_check_mode_on_fresh_hosts_changes_nothing(tmp_path: Path, agent_source: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localfleet import PY, LocalFleet, recap, wait_until
+from scripts.localfleet import PY, LocalFleet, recap, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -218,7 +218,7 @@ def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
     assert f"ok: [{members[0].name} -> localhost]" in start, start
     lines = _lines_of_last_debug(out)
     assert len(lines) == 1 and lines[0].split()[:3] == [group, "current", "2.6"], lines
-    wait_until(lambda: all(h.current() == "2.6" for h in members), 10, "2.6 on every member")
+    wait_for(lambda: all(h.current() == "2.6" for h in members), 10, "2.6 on every member")
     # The other groups were left alone.
     assert {h.current() for g, hs in fleet.groups.items() if g != group for h in hs} <= {"2.4", "2.5"}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import keep_logs
-from tests.e2e.localfleet import LocalFleet, wait_until
+from scripts.localfleet import LocalFleet, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -131,7 +131,7 @@ def test_a_group_grows_and_shrinks_with_the_inventory(fleet: LocalFleet) -> None
     assert "membership changes wait until it ends" in refused.stdout, refused.stdout[-4000:]
     assert leaving[0] not in members(fleet, staying[0])
     subprocess.run([cli, "resume", "-c", config], check=True, capture_output=True, env=env)
-    wait_until(lambda: status(fleet, staying[0])["state"]["release"]["state"] == "current", 120, "2.7 to finish")
+    wait_for(lambda: status(fleet, staying[0])["state"]["release"]["state"] == "current", 120, "2.7 to finish")
 
     # Two of the four are lost for good: the other two have no majority. playbooks/reform.yml
     # re-forms the group from them; then site.yml removes the lost ones without touching them.
@@ -139,7 +139,7 @@ def test_a_group_grows_and_shrinks_with_the_inventory(fleet: LocalFleet) -> None
     pids = agent_pids(fleet)
     for name in lost:
         os.kill(pids[name], signal.SIGKILL)
-    wait_until(lambda: not status(fleet, survivors[0])["node"]["has_quorum"], 60, "the survivors to lose quorum")
+    wait_for(lambda: not status(fleet, survivors[0])["node"]["has_quorum"], 60, "the survivors to lose quorum")
     fleet.write_inventory(only=survivors, quorum_rollout_log_level="debug")
     _ok(fleet.playbook("playbooks/reform.yml", "-e", f"survivors={','.join(survivors)}", "-e", "confirm=intel-eu1a",
                        log="reform"), "reform.yml")

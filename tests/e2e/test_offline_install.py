@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.localfleet import PY, REPO, LocalFleet, recap
+from scripts.localfleet import PY, REPO, LocalFleet, recap
 
 pytestmark = pytest.mark.skipif(os.environ.get("QUORUM_ROLLOUT_E2E_SLOW") != "1",
                                 reason="set QUORUM_ROLLOUT_E2E_SLOW=1 to run the offline install test")

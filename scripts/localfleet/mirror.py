@@ -14,7 +14,7 @@ Misbehaviour on demand, by side files next to a (possibly absent) path P:
 * `P.trickle` holding "SECONDS [SKIP]": after the first SKIP requests of P (default 0) are served
   normally, send P's headers and then one byte every SECONDS: a slow-retrieval attack.
 
-Run: python tests/support/mirror.py --bind 127.0.0.1 --port 8000 --root DIR [--stats FILE] [--rate B]
+Run: python scripts/localfleet/mirror.py --bind 127.0.0.1 --port 8000 --root DIR [--stats FILE] [--rate B]
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) 2026, quorum.rollout contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """quorum.rollout.manifest through a real ansible-playbook run and the real `quorum-rollout` CLI:
 the published manifest verifies with `quorum-rollout verify`, runs are idempotent, and a changed
-artifact under a published version is refused. (Whole playbook runs live here, beside
-test_plugins_playbook.py, not under modules/: ansible-test units' import path has no ansible.cli.)"""
+artifact under a published version is refused."""
 
 from __future__ import annotations
 
@@ -101,12 +99,12 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
 def test_channel_pointer_is_published_idempotently_and_moved_without_re_signing_the_release(tmp_path):
     subprocess.run([CLI, "keygen", "--out", str(tmp_path / "release")], check=True, capture_output=True)
     (tmp_path / "app-2.4.tar.gz").write_bytes(b"release bytes" * 100)
-    proc, first = _run(tmp_path)
+    proc, _ = _run(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest_before = (tmp_path / "mirror" / "app" / "2.4" / "manifest.json").read_bytes()
     pointer = tmp_path / "mirror" / "app" / "channels" / "stable.json"
 
-    proc, predicted = _run(tmp_path, check=True, channel="stable")
+    proc, _ = _run(tmp_path, check=True, channel="stable")
     assert proc.returncode == 0 and "changed=2" in proc.stdout and not pointer.exists(), proc.stdout
 
     proc, second = _run(tmp_path, channel="stable")

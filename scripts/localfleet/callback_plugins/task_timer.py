@@ -1,9 +1,9 @@
 # Copyright (c) 2026, quorum.rollout contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Test helper: after the recap, one line per task with its wall time (slowest first).
+"""Local fleet helper: after the recap, one line per task with its wall time (slowest first).
 
-Enabled by tests/e2e/localfleet.py (ANSIBLE_CALLBACKS_ENABLED=task_timer) so the e2e logs show
-where a playbook run spends its time.
+Enabled by scripts/localfleet's PLAYBOOK_ENV (ANSIBLE_CALLBACKS_ENABLED=task_timer) so the demo's
+and the e2e tests' playbook logs show where a run spends its time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ansible.plugins.callback import CallbackBase
 DOCUMENTATION = r"""
 name: task_timer
 type: aggregate
-short_description: Wall time of every task, printed after the recap (e2e test helper)
+short_description: Wall time of every task, printed after the recap (local fleet helper)
 description:
   - Prints the ten slowest tasks of the run and the total.
 requirements:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) 2026, quorum.rollout contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -105,8 +104,8 @@ def test_playbook(agent, token_file, tmp_path):
     )
     cmd = [
         sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local",
-        "-e", "ansible_python_interpreter=%s" % sys.executable,
-        "-e", "agent_url=%s" % agent.url, "-e", "token_file=%s" % token_file,
+        "-e", f"ansible_python_interpreter={sys.executable}",
+        "-e", f"agent_url={agent.url}", "-e", f"token_file={token_file}",
         str(tmp_path / "play.yml"),
     ]
     proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=180,
