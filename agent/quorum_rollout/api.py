@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import artifacts, fsm, signing
+from . import artifacts, contract, fsm, signing
 from .group import ProposalError
 from .log import event, get_logger
 from .sources import members_of
@@ -33,9 +33,7 @@ MAX_BODY = 64 * 1024
 IDLE_TIMEOUT = 30.0     # seconds a connection may stay idle (or a request trickle in) before it is closed
 PROPOSE_TIMEOUT = 5.0   # seconds a request waits for its command to commit before answering 202
 _OP_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
-_ACTIONS = {"pause", "resume", "abort", "retry"}
 _PEER_PATH = re.compile(r"^/v1/peer/artifacts/sha256/([0-9a-f]{64})$")
-_OUTCOME_STATUS = {"accepted": 201, "noop": 200, "duplicate": 200, "conflict": 409, "invalid": 400}
 
 
 class ApiError(Exception):
@@ -283,8 +281,8 @@ class Request:
                            reason="mirrors_unavailable", version=version) from None
 
     def _action(self, action: str) -> Reply:
-        if action not in _ACTIONS:
-            raise ApiError(404, f"unknown action {action!r}; use one of {sorted(_ACTIONS)}")
+        if action not in contract.ACTIONS:
+            raise ApiError(404, f"unknown action {action!r}; use one of {sorted(contract.ACTIONS)}")
         body = self._body(("release", "operation_id") + (("reason",) if action == "abort" else ()))
         if self.agent.node.state["release"] is None:
             raise ApiError(404, "the group has no release yet")
@@ -316,7 +314,7 @@ class Request:
                                          f"proposing it until it commits: follow GET /v1/operations/{op_id}",
                                "release": self.agent.node.state["release"]})
         release = self.agent.node.state["release"]
-        status = _OUTCOME_STATUS.get(result["code"], 500)
+        status = contract.HTTP_STATUS.get(result["code"], 500)
         if status == 201 and not created:
             status = 200
         if status >= 400:
