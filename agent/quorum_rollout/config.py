@@ -348,19 +348,19 @@ def _raft(top: _Section, node_id: str) -> RaftConfig:
 
 def _api(top: _Section) -> ApiConfig:
     s = top.sub("api", top.get("api", dict, hint="{token_file: ...}"), _fields(ApiConfig))
-    bind = s.text("bind", "127.0.0.1")
+    bind = s.text("bind", ApiConfig.bind)
     if not _HOSTNAME_RE.fullmatch(bind):
         try:
             ipaddress.ip_address(bind)
         except ValueError:
             s.fail("bind", f"must be an IP address or host name, got {bind!r}", "use e.g. 127.0.0.1 or 10.0.0.5")
-    port = s.number("port", int, 7200, 1, high=65535)
+    port = s.number("port", int, ApiConfig.port, 1, high=65535)
     cert, key = s.abspath("tls_cert", None), s.abspath("tls_key", None)
     if (cert is None) != (key is None):
         missing, given = ("tls_key", "tls_cert") if key is None else ("tls_cert", "tls_key")
         s.fail(missing, f"is required when api.{given} is set (TLS needs both)",
                "set both tls_cert and tls_key, or neither")
-    url = s.url("url", "")
+    url = s.url("url", ApiConfig.url)
     if not url:
         if bind in ("0.0.0.0", "::"):
             s.fail("url", f"is required when bind is the wildcard {bind}",
@@ -409,7 +409,7 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
         if not _KEY_ID_RE.fullmatch(kid):
             rs.fail(i, f"must be a key id (64 hex digits), got {kid!r}",
                     "use the id printed by `quorum-rollout keygen`")
-    threshold = s.number("key_threshold", int, 1, 1, high=len(keys),
+    threshold = s.number("key_threshold", int, ArtifactsConfig.key_threshold, 1, high=len(keys),
                          fix=f"use a number from 1 to {len(keys)} (the number of trusted keys)")
     channel = s.ident("channel", None)
     if channel in (".", ".."):
@@ -420,17 +420,20 @@ def _artifacts(top: _Section) -> ArtifactsConfig:
                "add trusted keys or lower key_threshold")
     return ArtifactsConfig(
         name=name, mirrors=mirrors, trusted_keys=tuple(keys), key_threshold=threshold, revoked_keys=revoked,
-        max_manifest_bytes=s.number("max_manifest_bytes", int, 65536, 1, high=MAX_MANIFEST_BYTES,
+        max_manifest_bytes=s.number("max_manifest_bytes", int, ArtifactsConfig.max_manifest_bytes, 1,
+                                    high=MAX_MANIFEST_BYTES,
                                     fix=f"use at most {MAX_MANIFEST_BYTES}: the leader commits the manifest "
                                         "in one Raft entry, and members refuse Raft frames over 1 MiB"),
-        bandwidth_limit=s.number("bandwidth_limit", int, 0, 0, fix="use bytes per second, or 0 for unlimited"),
-        min_rate=s.number("min_rate", int, 4096, 0, fix="use bytes per second, or 0 to turn it off"),
-        min_rate_window=s.number("min_rate_window", float, 30.0, 0, strict=True),
-        free_space_margin=s.number("free_space_margin", int, 67108864, 0),
-        max_peer_uploads=s.number("max_peer_uploads", int, 4, 1),
-        connect_timeout=s.number("connect_timeout", float, 5.0, 0, strict=True),
-        read_timeout=s.number("read_timeout", float, 30.0, 0, strict=True),
-        peer_timeout=s.number("peer_timeout", float, 5.0, 0, strict=True),
+        bandwidth_limit=s.number("bandwidth_limit", int, ArtifactsConfig.bandwidth_limit, 0,
+                                 fix="use bytes per second, or 0 for unlimited"),
+        min_rate=s.number("min_rate", int, ArtifactsConfig.min_rate, 0,
+                          fix="use bytes per second, or 0 to turn it off"),
+        min_rate_window=s.number("min_rate_window", float, ArtifactsConfig.min_rate_window, 0, strict=True),
+        free_space_margin=s.number("free_space_margin", int, ArtifactsConfig.free_space_margin, 0),
+        max_peer_uploads=s.number("max_peer_uploads", int, ArtifactsConfig.max_peer_uploads, 1),
+        connect_timeout=s.number("connect_timeout", float, ArtifactsConfig.connect_timeout, 0, strict=True),
+        read_timeout=s.number("read_timeout", float, ArtifactsConfig.read_timeout, 0, strict=True),
+        peer_timeout=s.number("peer_timeout", float, ArtifactsConfig.peer_timeout, 0, strict=True),
         channel=channel,
         channel_interval=s.number("channel_interval", float, ArtifactsConfig.channel_interval, 0, strict=True,
                                   fix="use seconds between two polls of the channel, e.g. 60"),
@@ -441,8 +444,9 @@ def _install(top: _Section) -> InstallConfig:
     s = top.sub("install", top.get("install", dict, hint="{root: ...}"), _fields(InstallConfig))
     h = s.sub("hooks", s.get("hooks", dict, {}), _fields(Hooks))
     hooks = Hooks(stop=h.text("stop", None), start=h.text("start", None), restart=h.text("restart", None),
-                  timeout=h.number("timeout", float, 60.0, 0, strict=True))
-    return InstallConfig(root=s.abspath("root"), hooks=hooks, keep_releases=s.number("keep_releases", int, 5, 1))
+                  timeout=h.number("timeout", float, Hooks.timeout, 0, strict=True))
+    return InstallConfig(root=s.abspath("root"), hooks=hooks,
+                         keep_releases=s.number("keep_releases", int, InstallConfig.keep_releases, 1))
 
 
 _CHECK_FIELDS = {"command": ("command",), "http": ("url", "expect_status", "expect_body"), "tcp": ("address",)}
@@ -459,16 +463,16 @@ def _check(s: _Section) -> Check:
         command=s.text("command") if kind == "command" else None,
         url=s.url("url", strip=False) if kind == "http" else None,
         address=s.host_port("address") if kind == "tcp" else None,
-        expect_status=s.number("expect_status", int, 200, 100, high=599),
-        expect_body=s.get("expect_body", str, None), timeout=s.number("timeout", float, 5.0, 0, strict=True),
-        retries=s.number("retries", int, 3, 1, fix="use the number of attempts, 1 or more"),
-        interval=s.number("interval", float, 1.0, 0),
+        expect_status=s.number("expect_status", int, Check.expect_status, 100, high=599),
+        expect_body=s.get("expect_body", str, None), timeout=s.number("timeout", float, Check.timeout, 0, strict=True),
+        retries=s.number("retries", int, Check.retries, 1, fix="use the number of attempts, 1 or more"),
+        interval=s.number("interval", float, Check.interval, 0),
     )
 
 
 def _registry(top: _Section) -> RegistryConfig:
     s = top.sub("registry", top.get("registry", dict, {}), _fields(RegistryConfig))
-    kind = s.choice("type", REGISTRY_TYPES, "none")
+    kind = s.choice("type", REGISTRY_TYPES, RegistryConfig.type)
     owner = {"path": "file", "url": "http", "token_file": "http"}
     for name, needs in owner.items():
         if needs != kind and s.data.get(name) is not None:
@@ -476,8 +480,8 @@ def _registry(top: _Section) -> RegistryConfig:
     return RegistryConfig(
         type=kind, path=s.abspath("path") if kind == "file" else None,
         url=s.url("url") if kind == "http" else None, token_file=s.abspath("token_file", None),
-        timeout=s.number("timeout", float, 5.0, 0, strict=True),
-        retries=s.number("retries", int, 3, 1, fix="use the number of attempts, 1 or more"),
+        timeout=s.number("timeout", float, RegistryConfig.timeout, 0, strict=True),
+        retries=s.number("retries", int, RegistryConfig.retries, 1, fix="use the number of attempts, 1 or more"),
     )
 
 
@@ -497,16 +501,17 @@ def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
         checks.append(check)
     r = top.sub("rollout", top.get("rollout", dict, {}), _fields(RolloutConfig))
     rollout = RolloutConfig(
-        batch_fraction=r.number("batch_fraction", float, 0.1, 0, strict=True, high=1,
+        batch_fraction=r.number("batch_fraction", float, RolloutConfig.batch_fraction, 0, strict=True, high=1,
                                 fix="use a fraction such as 0.1 for one tenth of the group"),
-        canary=r.get("canary", bool, False), step_deadline=r.number("step_deadline", float, 300.0, 0, strict=True),
+        canary=r.get("canary", bool, RolloutConfig.canary),
+        step_deadline=r.number("step_deadline", float, RolloutConfig.step_deadline, 0, strict=True),
         member_timeout=r.number("member_timeout", float, RolloutConfig.member_timeout, 0, strict=True,
                                 fix="use seconds, e.g. 10: how long the leader may not hear from a member "
                                     "before it counts as unreachable"))
     return AgentConfig(
         node_id=node_id, group=group, data_dir=data_dir, raft=raft, api=api, artifacts=artifacts,
         install=install, checks=tuple(checks), rollout=rollout,
-        registry=_registry(top), log_level=top.choice("log_level", LOG_LEVELS, "info"), source=source,
+        registry=_registry(top), log_level=top.choice("log_level", LOG_LEVELS, AgentConfig.log_level), source=source,
     )
 
 

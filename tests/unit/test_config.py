@@ -491,3 +491,37 @@ def test_docs_example_is_valid_and_every_field_is_documented() -> None:
         return names
 
     assert walk(C.AgentConfig, "") - documented == set()
+
+
+def test_docs_defaults_are_the_defaults_the_parser_uses() -> None:
+    """Each default is written once (the dataclass field; the parser reads it from there): the
+    docs' default column must say the same, and "required" / "none" must be true as well."""
+    sections = {"raft": C.RaftConfig, "api": C.ApiConfig, "artifacts": C.ArtifactsConfig, "install": C.InstallConfig,
+                "hooks": C.Hooks, "rollout": C.RolloutConfig, "registry": C.RegistryConfig,
+                "peers[]": C.Peer, "trusted_keys[]": C.TrustedKey, "checks[]": C.Check}
+    checked = 0
+    for line in DOCS.read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) < 4 or not cells[0].startswith("`") or "." not in cells[0] and "[]" not in cells[0]:
+            continue
+        path, default = cells[0].strip("`"), cells[2]
+        *parents, name = path.split(".")
+        owner = sections[parents[-1]] if parents else C.AgentConfig
+        fields = {f.name: f for f in dataclasses.fields(owner)}
+        if name not in fields:
+            continue  # a sub-table's own row (e.g. install.hooks), documented by its fields
+        real = fields[name].default
+        if default.startswith("required for"):
+            continue  # required by the type of the check or sink, None otherwise
+        if default.startswith("required"):
+            assert real is dataclasses.MISSING, f"{path}: documented as required, has default {real!r}"
+        elif default.startswith("none"):
+            assert real is None, f"{path}: documented as none, defaults to {real!r}"
+        elif re.fullmatch(r"`[^`<]+`", default):
+            expected = yaml.safe_load(default.strip("`"))
+            assert (list(real) if isinstance(real, tuple) else real) == expected, f"{path}: docs say {default}"
+        else:
+            continue
+        checked += 1
+    assert checked >= 50, checked
+
