@@ -23,6 +23,10 @@ from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.worker")
 
+# Niceness of the prefetch thread (Linux: per thread). Fetching for a later batch yields the CPU
+# to the host's own service and to installs of the open batch on the same host.
+PREFETCH_NICE = 10
+
 
 class StepFailed(Exception):
     def __init__(self, step: str, reason: str) -> None:
@@ -166,6 +170,10 @@ class Worker:
         a grace period, any earlier host or complete holder will do; the install step falls back
         to the mirrors."""
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICE)
+        except (AttributeError, OSError):  # not Linux (nice is per process there), or not permitted
+            pass
         try:
             manifest = self.sources.verify_committed(state, release)
         except signing.TrustError as exc:
