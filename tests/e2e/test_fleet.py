@@ -153,6 +153,23 @@ def test_release_24_reaches_every_group(fleet: LocalFleet) -> None:
         assert host.health() == (200, {"status": "ok", "version": "2.4"}), host.name
 
 
+def test_release_check_mode_predicts_per_group_and_returns_at_once(fleet: LocalFleet) -> None:
+    """--check sends nothing and waits for nothing: each group's line is the prediction."""
+    out = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.5", "-e", "rollout_timeout=600",
+                             log="release-2.5-check"), "release.yml --check -e version=2.5")
+    lines = _lines_of_last_debug(out)
+    assert len(lines) == 4, lines
+    for group, line in zip(sorted(fleet.groups), lines):
+        assert line.split()[:3] == [group, "check", "2.5"] and "would start 2.5" in line, line
+        assert "nothing sent" in line, line
+    again = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.4", log="release-2.4-check"),
+                "release.yml --check -e version=2.4")
+    assert all("no change" in line for line in _lines_of_last_debug(again)), _lines_of_last_debug(again)
+    status = _lines_of_last_debug(_ok(fleet.playbook("playbooks/status.yml", log="status-after-check"), "status.yml"))
+    assert len(status) == 4 and all(re.search(r"runs 2\.4\s+release 2\.4\s+current", line) for line in status), status
+    assert {h.current() for h in fleet.hosts} == {"2.4"}
+
+
 def test_release_25_rolls_back_on_amd_only(fleet: LocalFleet) -> None:
     proc = fleet.playbook("release.yml", "-e", "version=2.5", "-e", "rollout_timeout=240", "-e", "rollout_poll=1",
                           log="release-2.5")

@@ -502,7 +502,7 @@ def test_docs_defaults_are_the_defaults_the_parser_uses() -> None:
     checked = 0
     for line in DOCS.read_text().splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        if len(cells) < 4 or not cells[0].startswith("`") or "." not in cells[0] and "[]" not in cells[0]:
+        if len(cells) < 4 or not cells[0].startswith("`") or ("." not in cells[0] and "[]" not in cells[0]):
             continue
         path, default = cells[0].strip("`"), cells[2]
         *parents, name = path.split(".")
