@@ -160,7 +160,7 @@ def test_release_check_mode_predicts_per_group_and_returns_at_once(fleet: LocalF
     lines = _lines_of_last_debug(out)
     assert len(lines) == 4, lines
     for group, line in zip(sorted(fleet.groups), lines):
-        assert line.split()[:3] == [group, "check", "2.5"] and "would start 2.5" in line, line
+        assert line.split()[:3] == [group, "check", "2.5"] and "would start release 2.5" in line, line
         assert "nothing sent" in line, line
     again = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.4", log="release-2.4-check"),
                 "release.yml --check -e version=2.4")
