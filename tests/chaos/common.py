@@ -6,10 +6,15 @@ events in each host's JSON log, the agent's own action log)."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
-from tests.support.fleet import Fleet, Host, wait_for
+import requests
+
+from tests.support.fleet import PY, REPO, Fleet, Host, wait_for
 
 TERMINAL = ("current", "rolled_back", "aborted")
 ORDER = ("running_old_release", "downloaded_in_leader", "verified", "rolling", "current")
@@ -66,7 +71,8 @@ def check_outcome(fleet: Fleet, release_id: str, expect: str, new: str, old: str
     state = agreed_state(fleet)
     assert state["release"]["state"] == expect
     want = new if expect == "current" else old
-    assert state["current_version"] == want, state["current_version"]
+    # A group whose hosts were installed before its agents knew nothing of a version (None) yet.
+    assert (state["current_version"] == new) == (expect == "current"), state["current_version"]
     for host in fleet.hosts:
         assert host.current() == want, f"{host.id}: current -> {host.current()}, the group says {want}"
         installs = switches(host, release_id, "install")
@@ -99,3 +105,18 @@ def gate_checks(fleet: Fleet) -> None:
 def open_gates(fleet: Fleet, ids: list[str]) -> None:
     for host_id in ids:
         (fleet.base / f"open-{host_id}").write_text("")
+
+
+def second_mirror(fleet: Fleet, port: int = 8001) -> tuple[str, Path]:
+    """A second mirror process (same address, another port) serving a copy of the fleet's mirror
+    directory, where a test can plant faults without touching the first; (its URL, its root)."""
+    root = fleet.base / "mirror2"
+    shutil.copytree(fleet.mirror_dir, root)
+    stats = fleet.base / "mirror2-stats.json"
+    proc = subprocess.Popen([PY, str(REPO / "tests" / "support" / "mirror.py"), "--bind", fleet.mirror_ip, "--port",
+                             str(port), "--root", str(root), "--stats", str(stats)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fleet.pids.add(proc.pid)
+    url = f"http://{fleet.mirror_ip}:{port}"
+    wait_for(lambda: requests.get(url + "/", timeout=1), 10, "second mirror up")
+    return url, root
