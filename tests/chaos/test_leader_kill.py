@@ -12,7 +12,6 @@ from tests.chaos.common import (ORDER, check_outcome, gate_checks, kill_leader, 
                                 status_or_none, switches)
 from tests.support.fleet import wait_for
 
-SIZES = [3, 5, pytest.param(10, marks=pytest.mark.long)]
 SHORT = {("running_old_release", 3), (2, 3)}  # what `make test` runs; the rest is `make test-chaos`
 
 
