@@ -32,7 +32,9 @@ def _setns(fd: int) -> None:
 
 
 def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise OSError(f"ip {' '.join(args)}: {done.stderr.strip()} (the partition trial needs root and iproute2)")
 
 
 class Namespace:
