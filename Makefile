@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv collection contract test unit playbooks integration e2e lint sanity demo demo-stop bench clean
+.PHONY: help venv collection contract test unit playbooks integration chaos-short test-chaos e2e lint sanity demo demo-stop bench clean
 
 help:
 	@echo "make demo   - build a local demo fleet, install agents, release 2.4, print per-group result"
-	@echo "make test   - every test: lint, unit, playbooks, integration (real agents), e2e (real ansible-playbook)"
+	@echo "make test   - every test: lint, unit, playbooks, integration (real agents), chaos-short, e2e (real ansible-playbook)"
+	@echo "make test-chaos - the whole fault-injection suite (tests/chaos, ~30 min; docs/reliability.md)"
 	@echo "make bench  - benchmarks (results go to docs/benchmarks.md by hand)"
 
 $(VENV)/.stamp: agent/pyproject.toml requirements-dev.txt
@@ -49,13 +50,22 @@ integration: venv
 	$(PYTEST) -q -n 2 --dist loadfile tests/integration --ignore tests/integration/test_raft_port.py
 	$(PYTEST) -q tests/integration/test_raft_port.py
 
+# Fault injection on real agents (tests/chaos, docs/reliability.md): `chaos-short` is the subset
+# `make test` runs (under 90 s here), `test-chaos` every trial, the soak included
+# (QR_SOAK_RELEASES=100 consecutive releases unless set).
+chaos-short: venv
+	$(PYTEST) -q tests/chaos -m "not long"
+
+test-chaos: venv
+	QR_SOAK_RELEASES=$${QR_SOAK_RELEASES:-100} $(PYTEST) -q tests/chaos
+
 e2e: venv collection
 	@if [ -d tests/e2e ] && ls tests/e2e/test_*.py >/dev/null 2>&1; then $(PYTEST) -q tests/e2e; fi
 
 sanity: venv
 	@if [ -x scripts/ansible-test.sh ]; then scripts/ansible-test.sh; fi
 
-test: lint unit playbooks integration e2e sanity
+test: lint unit playbooks integration chaos-short e2e sanity
 
 demo: venv collection
 	$(PY) scripts/demo.py up
