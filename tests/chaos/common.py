@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import requests
 
-from tests.support.fleet import PY, REPO, Fleet, Host, wait_for
+from scripts.localfleet.common import start_mirror
+from tests.support.fleet import Fleet, Host, wait_for
 
 TERMINAL = ("current", "rolled_back", "aborted")
 ORDER = ("running_old_release", "downloaded_in_leader", "verified", "rolling", "current")
@@ -112,11 +111,7 @@ def second_mirror(fleet: Fleet, port: int = 8001) -> tuple[str, Path]:
     directory, where a test can plant faults without touching the first; (its URL, its root)."""
     root = fleet.base / "mirror2"
     shutil.copytree(fleet.mirror_dir, root)
-    stats = fleet.base / "mirror2-stats.json"
-    proc = subprocess.Popen([PY, str(REPO / "tests" / "support" / "mirror.py"), "--bind", fleet.mirror_ip, "--port",
-                             str(port), "--root", str(root), "--stats", str(stats)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_mirror(fleet.mirror_ip, port, root, stats=fleet.base / "mirror2-stats.json")
     fleet.pids.add(proc.pid)
     url = f"http://{fleet.mirror_ip}:{port}"
-    wait_for(lambda: requests.get(url + "/", timeout=1), 10, "second mirror up")
     return url, root
