@@ -18,10 +18,11 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import requests
 
-from .config import Check, parse_host_port
+from .config import CHECK_TYPES, Check, parse_host_port
 from .install import run_shell
 
 BODY_LIMIT = 1 << 20     # bytes of an HTTP body read for matching
@@ -83,6 +84,16 @@ def _tcp(check: Check) -> tuple[bool, str]:
     return True, f"tcp {address}: connected"
 
 
+# One runner per type of config.CHECK_TYPES: (check, version, session) -> (passed, output).
+_RUNNERS: dict[str, Callable[[Check, str, requests.Session], tuple[bool, str]]] = {
+    "command": lambda check, version, _session: _command(check, version),
+    "http": _http,
+    "tcp": lambda check, _version, _session: _tcp(check),
+}
+if set(_RUNNERS) != set(CHECK_TYPES):  # a type added to the config without a runner, or the reverse
+    raise ImportError(f"check runners {sorted(_RUNNERS)} do not match config.CHECK_TYPES {list(CHECK_TYPES)}")
+
+
 def waits(retries: int, interval: float) -> list[float]:
     """Seconds to wait before each attempt after the first: from FIRST_WAIT, doubling up to
     `interval`, until the window of `retries - 1` intervals is used up."""
@@ -104,14 +115,11 @@ def run_check(check: Check, *, version: str) -> CheckResult:
     pauses = waits(check.retries, check.interval)
     try:
         for attempt in range(1, len(pauses) + 2):
-            if check.type == "command":
-                ok, output = _command(check, version)
-            elif check.type == "http":
-                ok, output = _http(check, version, session)
-            elif check.type == "tcp":
-                ok, output = _tcp(check)
+            run = _RUNNERS.get(check.type)
+            if run is None:
+                ok, output = False, f"unknown check type {check.type!r}: expected one of {', '.join(CHECK_TYPES)}"
             else:
-                ok, output = False, f"unknown check type {check.type!r}: expected command, http or tcp"
+                ok, output = run(check, version, session)
             if ok:
                 return CheckResult(True, check.name, output, attempt)
             if attempt <= len(pauses):

@@ -27,7 +27,10 @@ from urllib.parse import urlsplit
 import yaml
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CHECK_TYPES = ("command", "http", "tcp")
+# The check types and the fields only each one uses: the one list (checks.py runs each, docs/config.md
+# documents them; tests check both against this).
+CHECK_FIELDS = {"command": ("command",), "http": ("url", "expect_status", "expect_body"), "tcp": ("address",)}
+CHECK_TYPES = tuple(CHECK_FIELDS)
 REGISTRY_TYPES = ("none", "file", "http")
 # The leader commits a release's manifest in one Raft entry, and a replication frame holds up to
 # one batch (64 KiB) plus one entry: this keeps the largest frame well under transport.MAX_FRAME.
@@ -449,12 +452,9 @@ def _install(top: _Section) -> InstallConfig:
                          keep_releases=s.number("keep_releases", int, InstallConfig.keep_releases, 1))
 
 
-_CHECK_FIELDS = {"command": ("command",), "http": ("url", "expect_status", "expect_body"), "tcp": ("address",)}
-
-
 def _check(s: _Section) -> Check:
     kind = s.choice("type", CHECK_TYPES)
-    for other, names in _CHECK_FIELDS.items():
+    for other, names in CHECK_FIELDS.items():
         for name in names:
             if other != kind and s.data.get(name) is not None:
                 s.fail(name, f"is not used by checks of type {kind}", f"remove it, or set type: {other}")

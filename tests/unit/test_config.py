@@ -525,3 +525,11 @@ def test_docs_defaults_are_the_defaults_the_parser_uses() -> None:
         checked += 1
     assert checked >= 50, checked
 
+
+
+def test_the_check_types_are_documented_as_the_config_knows_them() -> None:
+    (row,) = [line for line in DOCS.read_text().splitlines() if line.startswith("| `checks[].type` |")]
+    assert re.findall(r"`([a-z]+)`", row.split("|")[2]) == list(C.CHECK_TYPES)
+    for kind, names in C.CHECK_FIELDS.items():
+        for name in names:
+            assert f"| `checks[].{name}` |" in DOCS.read_text(), f"{kind} field {name} is not documented"
