@@ -1,0 +1,45 @@
+"""The agent role's input checks through real `ansible-playbook --check` runs on localhost: bad
+input fails the play at once, naming the variable and the fix, and nothing is changed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = base64.b64encode(bytes(range(32))).decode()
+GOOD = {"quorum_rollout_zone": "z1", "quorum_rollout_artifact_name": "demo-app",
+        "quorum_rollout_mirrors": ["http://127.0.0.1:9"], "quorum_rollout_trusted_keys": [KEY]}
+
+
+def check_run(tmp_path: Path, **variables: Any) -> subprocess.CompletedProcess[str]:
+    book = tmp_path / "play.yml"
+    book.write_text("- hosts: all\n  gather_facts: false\n  roles:\n    - quorum.rollout.agent\n")
+    argv = [sys.executable, "-m", "ansible.cli.playbook", "-i", "h1,", "-c", "local", str(book), "--check",
+            "-e", json.dumps({**GOOD, "quorum_rollout_controller_dir": str(tmp_path / "controller"), **variables})]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("variables", "message"), [
+    ({"quorum_rollout_batch_fracton": 0.5},
+     "quorum_rollout_batch_fracton (did you mean quorum_rollout_batch_fraction?)"),
+    ({"quorum_rollout_trusted_keys": [KEY[:40]]}, "quorum_rollout_trusted_keys: every entry must be an Ed25519"),
+    ({"quorum_rollout_trusted_keys": [{"public_key": KEY}, 5]}, "not that: 5"),
+])
+def test_bad_role_input_fails_the_check_run_naming_the_variable(tmp_path: Path, variables: dict[str, Any],
+                                                                message: str) -> None:
+    proc = check_run(tmp_path, **variables)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in out, out[-3000:]
+    assert "changed=0" in out
