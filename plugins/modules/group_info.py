@@ -182,7 +182,7 @@ release:
     batch: 0
     batches: [["h1"], ["h2", "h3"]]
     hosts:
-      h1: {status: updated, version: "2.4", step: done, detail: null}
+      h1: {status: updated, version: "2.4", previous: "2.3", step: done, detail: null}
     failure: null
 events:
   description: The group's transition history from C(GET /v1/events), oldest first.
@@ -190,7 +190,8 @@ events:
   type: list
   elements: dict
   sample:
-    - {seq: 7, time: 1764140000.5, term: 3, actor: h2, op: start, from: current, to: running_old_release, detail: {version: "2.4"}}
+    - {seq: 7, time: 1764140000.5, term: 3, actor: h2, op: start, release: "2.4#1", from: current,
+       to: running_old_release, detail: "start 2.4"}
 """
 
 from ansible.module_utils.basic import AnsibleModule

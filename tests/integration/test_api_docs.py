@@ -1,6 +1,7 @@
-"""docs/api.md's GET /v1/status reference against a real agent's answer: every field the agent
-returns is documented and every documented field is returned, at each level (top, node, members,
-state, release, hosts). A field added, renamed or dropped on either side fails here."""
+"""docs/api.md's GET /v1/status reference and quorum.rollout.group_info's RETURN samples against a
+real agent's answer: every field the agent returns is documented and every documented field is
+returned, at each level (top, node, members, state, release, hosts, history entries). A field
+added, renamed or dropped on either side fails here."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def table_fields(section: str, heading: str) -> set[str]:
     return names
 
 
-def test_the_status_reference_matches_a_real_agent(make_fleet: Any) -> None:
+def test_the_status_reference_and_group_info_return_match_a_real_agent(make_fleet: Any) -> None:
     fleet = make_fleet(3)
     fleet.start_mirror()
     fleet.preinstall("2.3")
@@ -50,3 +51,35 @@ def test_the_status_reference_matches_a_real_agent(make_fleet: Any) -> None:
     release = real["state"]["release"]
     assert table_fields(section, "RELEASE:") == set(release), "release fields"
     assert [sorted(m) for m in real["members"]] == [sorted(example["members"][0])] * len(real["members"])
+    check_group_info_return(real)
+
+
+def module_return(name: str) -> dict[str, Any]:
+    """The RETURN block of a module, read from its source (no import: it needs Ansible's loader)."""
+    import ast
+
+    import yaml
+    path = DOCS.parents[1] / "plugins" / "modules" / f"{name}.py"
+    tree = ast.parse(path.read_text())
+    (value,) = [n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", "") == "RETURN" for t in n.targets)]
+    return yaml.safe_load(value)
+
+
+def check_group_info_return(real: dict[str, Any]) -> None:
+    """What quorum.rollout.group_info documents (RETURN: fields and samples) is what an agent answers."""
+    doc = module_return("group_info")
+
+    assert set(doc["node"]["contains"]) <= set(real["node"]), "documented node fields the agent does not return"
+    assert set(doc["state"]["contains"]) <= set(real["state"])
+    assert set(doc["state"]["sample"]) <= set(real["state"])
+    release = real["state"]["release"]
+    assert set(doc["release"]["sample"]) <= set(release)
+    sample_host = next(iter(doc["release"]["sample"]["hosts"].values()))
+    assert all(set(h) == set(sample_host) for h in release["hosts"].values()), release["hosts"]
+    assert [sorted(m) for m in real["members"]] == [sorted(doc["members"]["sample"][0])] * len(real["members"])
+    (event,) = doc["events"]["sample"]
+    for entry in real["state"]["history"]:
+        assert set(entry) == set(event), (entry, event)
+        both = [k for k in entry if entry[k] is not None and event[k] is not None]
+        assert [type(entry[k]) for k in both] == [type(event[k]) for k in both], (entry, event)
