@@ -9,7 +9,7 @@
 # unit tests, this script). It leaves out the agent: agent/ is a separate Python distribution
 # (agent/pyproject.toml, linted by ruff with its own rules, tested by tests/unit/test_*.py,
 # tests/integration/*.py, tests/e2e), the local fleet library scripts/localfleet/ (a developer
-# tool, not shipped) and the pytest layers linted by ruff (tests/playbooks too): Ansible's module
+# tool, not shipped) and the pytest layers linted by ruff (tests/playbooks and tests/chaos too): Ansible's module
 # rules (Python 3.8 targets, no `_` names, ...) do not apply to them. SANITY_ALL=1 checks every
 # file instead.
 #
@@ -72,7 +72,7 @@ cd "$DEST"
 targets=()
 if [ "${SANITY_ALL:-0}" != 1 ]; then
     while IFS= read -r f; do targets+=("$f"); done < <(
-        git ls-files | grep -Ev '^(agent|bench|scripts/localfleet)/|^tests/(unit|playbooks|integration|e2e|support)/' || true
+        git ls-files | grep -Ev '^(agent|bench|scripts/localfleet)/|^tests/(unit|playbooks|integration|chaos|e2e|support)/' || true
         git ls-files 'tests/unit/plugins/*' 'tests/integration/targets/*'
     )
 fi
