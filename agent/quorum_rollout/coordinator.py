@@ -35,6 +35,7 @@ from .registry import Registry, RegistryError
 from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.coordinator")
+ANNOUNCE_RETRY_SECONDS = 2.0  # between `lead` proposals that committed without taking effect
 
 
 class RegistryReporter:
@@ -138,6 +139,7 @@ class Coordinator:
         self._since: tuple[Any, float] | None = None  # (step key, monotonic time this leader first saw it)
         self._contact: dict[str, float] = {}      # member -> monotonic time of the last live Raft link
         self._reported: tuple[Any, ...] | None = None
+        self._announce_after = 0.0                # monotonic: no new `lead` before (one that committed, did not take)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -152,11 +154,12 @@ class Coordinator:
         state = self.node.state
         if term != self._term:
             self._runner.cancel()
-            self._term, self._since, self._reported = term, None, None
+            self._term, self._since, self._reported, self._announce_after = term, None, None, 0.0
             self._contact = {}
         newest = state.get("leader_term", 0)
         if newest < term:
-            self._announce(state, term)
+            if self._clock() >= self._announce_after:
+                self._announce(state, term)
             return  # act only on the state after `lead` committed
         if newest > term:
             return  # a newer leader announced itself: this node is about to learn it lost its term
@@ -182,6 +185,12 @@ class Coordinator:
             return
         event(log, "leader_announced", group=self.cfg.group, node=self.cfg.node_id, term=term,
               outcome=result["code"])
+        if self.node.state.get("leader_term", 0) < term:
+            # It committed and did not take (a bug, or a state restored from elsewhere): say so and
+            # try again in a while, not on every commit.
+            self._announce_after = self._clock() + ANNOUNCE_RETRY_SECONDS
+            event(log, "leader_announce_ignored", level="error", group=self.cfg.group, node=self.cfg.node_id,
+                  term=term, step="lead", outcome=result["code"], cause=result.get("reason"))
 
     def _report_registry(self, state: dict[str, Any]) -> None:
         release = state["release"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from quorum_rollout import artifacts, fsm, signing
+from quorum_rollout import coordinator as coordinator_module
 from quorum_rollout.config import RegistryConfig, RolloutConfig
 from quorum_rollout.coordinator import Coordinator, RegistryReporter
 from quorum_rollout.group import GroupNode, Node
@@ -418,6 +419,24 @@ def test_a_refused_lead_is_proposed_again_and_the_leader_acts_only_after_it_comm
     assert harness.group.state["leader_term"] == 0 and harness.group.state["members"] == {}
     harness.settle(lambda: harness.group.state["leader_term"] == term)
     assert harness.group.state["leader"]["node"] == "h1"
+
+
+def test_a_lead_that_commits_without_taking_is_logged_and_not_proposed_on_every_commit(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Seen once (a re-formed group): the id of this term's `lead` was already applied, so every
+    announcement was a duplicate and the leader proposed it again on each commit, ~20 a second."""
+    caplog.set_level(logging.INFO, logger="quorum_rollout")
+    term = harness.group.elect("h1")
+    taken = harness.group.nodes["h2"].propose("channel", op_id=f"lead:{term}:h1", paused=False)  # an operator op
+    assert taken["code"] in ("accepted", "noop"), taken  # either way its id is applied
+    for _ in range(5):
+        harness.coordinator("h1").step()
+    assert len([c for c in harness.group.proposed if c["op"] == "lead"]) == 1
+    (ignored,) = events(caplog, "leader_announce_ignored")
+    assert ignored["term"] == term and ignored["outcome"] == "duplicate"
+    harness.clock.advance(coordinator_module.ANNOUNCE_RETRY_SECONDS + 0.1)
+    harness.coordinator("h1").step()
+    assert len([c for c in harness.group.proposed if c["op"] == "lead"]) == 2, "tried again later"
 
 
 # ------------------------------------------------------------------------------------- term changes
