@@ -202,6 +202,26 @@ class MirrorServer:
         self._thread.join(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def fresh_mirror_order() -> Iterator[None]:
+    """Every test starts without the latency order of mirrors an earlier test measured."""
+    from quorum_rollout import artifacts
+    artifacts.invalidate()
+    try:
+        yield
+    finally:
+        artifacts.invalidate()
+
+
+@pytest.fixture
+def mirror(make_mirror: Callable[..., MirrorServer]) -> MirrorServer:
+    """A mirror serving a signed release 2.4 of the in-process group's artifact (tests/support/inproc.py)."""
+    from tests.support.inproc import publish
+    server = make_mirror()
+    publish(server, "2.4")
+    return server
+
+
 @pytest.fixture
 def make_mirror(tmp_path: Path) -> Iterator[Callable[..., MirrorServer]]:
     """Factory of `MirrorServer`s (each serving its own temp dir); all are stopped at teardown."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from quorum_rollout import api, artifacts, fsm
+from quorum_rollout import api, fsm
 from quorum_rollout.agent import Agent
 
 from tests.support.inproc import GROUP, TOKEN, InProcGroup, member_config, publish
@@ -39,20 +39,6 @@ class Client:
 
     def release(self, version: str = "2.4") -> api.Reply:
         return self.call("POST", "/v1/releases", {"version": version})
-
-
-@pytest.fixture(autouse=True)
-def fresh_mirror_order() -> Iterator[None]:
-    artifacts.invalidate()
-    yield
-    artifacts.invalidate()
-
-
-@pytest.fixture
-def mirror(make_mirror: Callable[..., Any]) -> Any:
-    server = make_mirror()
-    publish(server, "2.4")
-    return server
 
 
 @pytest.fixture

@@ -112,15 +112,6 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store")
 
 
-@pytest.fixture(autouse=True)
-def fresh_mirror_order() -> Iterator[None]:
-    artifacts.invalidate()
-    try:
-        yield
-    finally:
-        artifacts.invalidate()
-
-
 @pytest.fixture
 def tiny_store(tmp_path: Path) -> Iterator[Store]:
     """A store on a real 1 MiB tmpfs (needs root); skipped with the reason when mounting fails."""

@@ -27,7 +27,7 @@ from quorum_rollout.group import GroupNode, Node
 from quorum_rollout.registry import Registry
 from quorum_rollout.sources import Sources
 
-from tests.support.inproc import GROUP, NAME, SECRET, InProcGroup, InProcNode, member_config, publish
+from tests.support.inproc import GROUP, NAME, SECRET, InProcGroup, InProcNode, member_config
 
 MEMBERS = ["h1", "h2", "h3", "h4"]
 FILE = f"{NAME}/2.4/{NAME}-2.4.tar.gz"
@@ -119,20 +119,6 @@ class Harness:
             reporter.stop()
         for coordinator in self.coordinators.values():
             coordinator._runner.cancel()
-
-
-@pytest.fixture(autouse=True)
-def fresh_mirror_order() -> Iterator[None]:
-    artifacts.invalidate()
-    yield
-    artifacts.invalidate()
-
-
-@pytest.fixture
-def mirror(make_mirror: Callable[..., Any]) -> Any:
-    server = make_mirror()
-    publish(server, "2.4")
-    return server
 
 
 @pytest.fixture

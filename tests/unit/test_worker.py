@@ -16,7 +16,7 @@ import io
 import logging
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,20 +90,6 @@ class Member:
 
     def hooks_run(self) -> list[str]:
         return self.hook_log.read_text().splitlines() if self.hook_log.exists() else []
-
-
-@pytest.fixture(autouse=True)
-def fresh_mirror_order() -> Iterator[None]:
-    artifacts.invalidate()
-    yield
-    artifacts.invalidate()
-
-
-@pytest.fixture
-def mirror(make_mirror: Callable[..., Any]) -> Any:
-    server = make_mirror()
-    publish(server, "2.4")
-    return server
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
