@@ -89,7 +89,8 @@ class Agent:
                  if seed and seed.get("members") else [p.address for p in cfg.raft.peers])
         return GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
                          peers=peers, secret=self.secret, data_dir=str(data / "raft"), on_change=self._wake_all,
-                         compaction_entries=cfg.raft.compaction_entries, seed=seed)
+                         compaction_entries=cfg.raft.compaction_entries, seed=seed,
+                         timing=(cfg.raft.heartbeat, cfg.raft.election_timeout_min, cfg.raft.election_timeout_max))
 
     def start(self) -> None:
         """Serve the API and run the coordinator, worker and operations loops until `stop()`."""

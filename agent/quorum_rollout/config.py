@@ -68,6 +68,9 @@ class RaftConfig:
     peers: tuple[Peer, ...] = ()
     compaction_entries: int = 200
     peers_file: str | None = None
+    heartbeat: float = 0.1
+    election_timeout_min: float = 0.4
+    election_timeout_max: float = 1.4
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,24 @@ def _raft(top: _Section, node_id: str) -> RaftConfig:
     return RaftConfig(address=address, secret_file=s.abspath("secret_file"), peers=tuple(peers),
                       compaction_entries=s.number("compaction_entries", int, RaftConfig.compaction_entries, 10,
                                                   fix="use a number of journal entries, 10 or more"),
-                      peers_file=peers_file)
+                      peers_file=peers_file, **_raft_timing(s))
+
+
+def _raft_timing(s: _Section) -> dict[str, float]:
+    """Heartbeat and election timeout (seconds): a follower that hears nothing from the leader for
+    a random time between the two bounds starts an election; three heartbeats must fit before it."""
+    beat = s.number("heartbeat", float, RaftConfig.heartbeat, 0.01, high=5.0,
+                    fix="use seconds between 0.01 and 5 (the leader's append-entries period)")
+    low = s.number("election_timeout_min", float, RaftConfig.election_timeout_min, 0.0, strict=True)
+    high = s.number("election_timeout_max", float, RaftConfig.election_timeout_max, 0.0, strict=True, high=3.5,
+                    fix="use seconds up to 3.5 (pysyncobj drops a link silent for 3.5 s)")
+    if low <= 3 * beat:
+        s.fail("election_timeout_min", f"must be more than 3 heartbeats ({3 * beat:g} s), got {low:g}",
+               "raise raft.election_timeout_min or lower raft.heartbeat")
+    if high <= low:
+        s.fail("election_timeout_max", f"must be more than raft.election_timeout_min ({low:g}), got {high:g}",
+               "make the range at least a few heartbeats wide")
+    return {"heartbeat": beat, "election_timeout_min": low, "election_timeout_max": high}
 
 
 def _api(top: _Section) -> ApiConfig:
