@@ -429,7 +429,7 @@ class Coordinator:
 
     def _verify(self, release: dict[str, Any], term: int, deadline: float, cancel: threading.Event) -> None:
         manifest, path = self.sources.ensure_artifact(self.node.state, release, deadline=deadline, cancel=cancel)
-        signing.verify_file(path, manifest)
+        self.sources.store.verify(path, manifest)
         if cancel.is_set():
             return
         event(log, "verified", sha256=manifest.sha256, **self._fields(release, term, "verify"))

@@ -23,11 +23,6 @@ from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.worker")
 
-# Niceness of the prefetch thread (Linux: per thread). Fetching for a later batch yields the CPU
-# to the host's own service and to installs of the open batch on the same host.
-PREFETCH_NICE = 10
-
-
 class StepFailed(Exception):
     def __init__(self, step: str, reason: str) -> None:
         super().__init__(f"{step}: {reason}")
@@ -103,7 +98,7 @@ class Worker:
                 active = [m for m, rec in state["members"].items() if rec["status"] == fsm.ACTIVE]
                 _manifest, path = self.sources.ensure(manifest, self.sources.holders(state, active),
                                                       deadline=time.monotonic() + self.cfg.rollout.step_deadline)
-                signing.verify_file(path, manifest)
+                self.store.verify(path, manifest)
                 install.install_release(self.root, version, path,
                                         free_space_margin=self.cfg.artifacts.free_space_margin)
                 install.activate(self.root, version)
@@ -170,10 +165,7 @@ class Worker:
         a grace period, any earlier host or complete holder will do; the install step falls back
         to the mirrors."""
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICE)
-        except (AttributeError, OSError):  # not Linux (nice is per process there), or not permitted
-            pass
+        artifacts.yield_cpu()
         try:
             manifest = self.sources.verify_committed(state, release)
         except signing.TrustError as exc:
@@ -231,7 +223,7 @@ class Worker:
         try:
             manifest, path = self.sources.ensure_artifact(
                 state, release, deadline=time.monotonic() + self.cfg.rollout.step_deadline)
-            signing.verify_file(path, manifest)
+            self.store.verify(path, manifest)
         except (signing.TrustError, artifacts.ArtifactError, OSError) as exc:
             raise StepFailed(failed_step(exc, "download"), str(exc)) from exc
         running = install.current_version(self.root)
