@@ -165,7 +165,8 @@ class Worker:
         a grace period, any earlier host or complete holder will do; the install step falls back
         to the mirrors."""
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
-        artifacts.yield_cpu()
+        if not self._needed_next(release):
+            artifacts.yield_cpu()
         try:
             manifest = self.sources.verify_committed(state, release)
         except signing.TrustError as exc:
@@ -198,6 +199,12 @@ class Worker:
                 self._announce_holder(current)
                 return
             time.sleep(0.1)
+
+    def _needed_next(self, release: dict[str, Any]) -> bool:
+        """This host is in the open batch or the one after it: its fetch is on the critical path
+        and must not yield the CPU to the fetches for later batches (which do)."""
+        opened = release["batch"] if release["batch"] is not None else -1
+        return any(self.host in batch for batch in release["batches"][max(opened, 0):opened + 2])
 
     def _announce_holder(self, release: dict[str, Any]) -> None:
         """Propose `holder` once: the prefetch thread and the worker loop may both get here while
