@@ -647,7 +647,8 @@ def _recheck(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     gate["recheck"] = {h: None for h in hosts}
     release["hold"] = None
     release["step_started_at"] = cmd.get("time")
-    _record(state, cmd, ROLLING, f"bake time over: re-checking {len(hosts)} updated hosts")
+    plural = "s" if len(hosts) != 1 else ""
+    _record(state, cmd, ROLLING, f"bake time over: re-checking {len(hosts)} updated host{plural}")
     return Outcome("accepted")
 
 
