@@ -172,7 +172,7 @@ release:
       V(rolling_back), V(rolled_back), V(paused), V(aborted); C(failure) names the host, step and reason after a
       rollback.
     - C(failed_within_budget) lists C({host, step, reason}) of the hosts that failed within the failure budget
-      (C(quorum_rollout_max_failures)): each was reverted alone and the release went on, so a release can be
+      (C(quorum_rollout_max_failures)); each was reverted alone and the release went on, so a release can be
       V(current) with hosts listed here. C(hold) says what the next batch waits for (C(text) such as
       V(baking until ...) or V(waiting for window (opens ...))), else V(null).
   returned: success
