@@ -580,7 +580,8 @@ def test_bake_time_then_rechecks_of_every_updated_host_then_the_next_batch(harne
 
 def test_no_batch_opens_outside_the_releases_window(harness: Harness) -> None:
     """The window opens two hours from now (UTC, every day, for an hour): the leader holds batch 1,
-    opens it inside the window, and holds the next batch once the window closed."""
+    opens it inside the window, and holds the next batch once the window closed. The window is the
+    release's: no member's config has one (a new leader holds all the same)."""
     opens = (int(time.time()) // 60 + 120) * 60
     start, end = (time.strftime("%H:%M", time.gmtime(t)) for t in (opens, opens + 3600))
     window = {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": start, "end": end,
@@ -593,13 +594,17 @@ def test_no_batch_opens_outside_the_releases_window(harness: Harness) -> None:
                                        "text": f"waiting for window (opens {expected})"}
     assert fsm.hold_text(harness.release) == f"waiting for window (opens {expected})"
     assert not [c for c in harness.group.proposed if c["op"] == "open_batch"]
+    assert harness.coordinator("h3").cfg.rollout.maintenance_windows == ()
+    harness.lead("h3")
+    harness.settle(lambda: True, "h3")
+    assert harness.release["state"] == fsm.VERIFIED and harness.release["hold"]["until"] == opens
     harness.now = opens + 30.0
-    harness.settle(lambda: harness.release["state"] == fsm.ROLLING)
+    harness.settle(lambda: harness.release["state"] == fsm.ROLLING, "h3")
     harness.report("h2")
-    harness.settle(lambda: harness.release["batch"] == 1)  # inside the window the next batch opens at once
+    harness.settle(lambda: harness.release["batch"] == 1, "h3")  # inside the window the next batch opens at once
     harness.now = opens + 3600.0
     harness.report("h3")
-    harness.settle(lambda: harness.release["hold"] is not None)
+    harness.settle(lambda: harness.release["hold"] is not None, "h3")
     assert harness.release["batch"] == 1 and harness.release["hold"]["until"] == opens + 86400
     harness.now = opens + 86400.0
-    harness.settle(lambda: harness.release["batch"] == 2)
+    harness.settle(lambda: harness.release["batch"] == 2, "h3")
