@@ -134,9 +134,13 @@ class Agent:
 
     def start_args(self, version: str, *, allow_downgrade: bool, allow_unreachable: bool) -> dict[str, Any]:
         """The arguments of a `start` command proposed by this node."""
-        return {"version": version, "members": self.members(), "batch_fraction": self.cfg.rollout.batch_fraction,
-                "canary": self.cfg.rollout.canary, "allow_downgrade": allow_downgrade,
-                "allow_unreachable": allow_unreachable, "running_version": self.running_version()}
+        rollout = self.cfg.rollout
+        return {"version": version, "members": self.members(), "batch_fraction": rollout.batch_fraction,
+                "canary": rollout.canary, "allow_downgrade": allow_downgrade,
+                "allow_unreachable": allow_unreachable, "running_version": self.running_version(),
+                # The release keeps these (replicated): its later leaders apply them, whatever their own config.
+                "max_failures": rollout.max_failures, "bake_time": rollout.bake_time,
+                "windows": [w.as_dict() for w in rollout.maintenance_windows]}
 
     def check_manifest(self, version: str, allow_downgrade: bool) -> None:
         """Raise (NotPublished, TrustError, ArtifactError) unless a mirror serves a valid signed

@@ -52,8 +52,9 @@ def drift(agent: Agent) -> str | None:
     release = state["release"]
     if release is None or release["state"] not in fsm.TERMINAL:
         return None
-    expected = (release["hosts"].get(agent.cfg.node_id) or {}).get("version")
-    if release["state"] == fsm.CURRENT:
+    entry = release["hosts"].get(agent.cfg.node_id) or {}
+    expected = entry.get("version")
+    if release["state"] == fsm.CURRENT and entry.get("status") != fsm.REVERTED:  # reverted: failed within the budget
         expected = release["version"]
     running = agent.running_version()
     if expected is not None and running != expected:
@@ -86,6 +87,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "channel": agent.channel.status() if agent.channel is not None else None,
         },
         "members": members_document(agent),
+        # What the release waits for before its next batch: "baking until ...", "waiting for window (opens ...)".
+        "waiting": fsm.hold_text(node.state["release"]),
         "state": node.state,
     }
 

@@ -79,7 +79,10 @@ def _render_status(doc: dict[str, Any]) -> str:
         return "\n".join(lines)
     batch = release["batch"]
     progress = f"batch {batch + 1}/{len(release['batches'])}" if batch is not None else "-"
-    lines.append(f"release {release['id']}  state {release['state']}  {progress}")
+    waiting = f"  ({doc['waiting']})" if doc.get("waiting") else ""
+    lines.append(f"release {release['id']}  state {release['state']}  {progress}{waiting}")
+    for f in release.get("failed_within_budget") or []:
+        lines.append(f"failed within the budget (reverted alone): host {f['host']} at {f['step']}: {f['reason']}")
     if release["failure"]:
         f = release["failure"]
         lines.append(f"failure: host {f['host']} at {f['step']}: {f['reason']}")

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from .windows import DAYS, WINDOWS_LIMIT, shape_error
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The check types and the fields only each one uses: the one list (checks.py runs each, docs/config.md
@@ -140,11 +143,26 @@ class Check:
 
 
 @dataclass(frozen=True)
+class MaintenanceWindow:
+    start: str
+    end: str
+    days: tuple[str, ...] = DAYS
+    timezone: str = "UTC"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The window as a release keeps it (windows.py reads this shape)."""
+        return {"days": list(self.days), "start": self.start, "end": self.end, "timezone": self.timezone}
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     batch_fraction: float = 0.1
     canary: bool = False
     step_deadline: float = 300.0
     member_timeout: float = 10.0
+    max_failures: int = 0
+    bake_time: float = 0.0
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -490,6 +508,37 @@ def _check(s: _Section) -> Check:
     )
 
 
+def _windows(r: _Section) -> tuple[MaintenanceWindow, ...]:
+    ws, count = r.indexed("maintenance_windows")
+    if count > WINDOWS_LIMIT:
+        r.fail("maintenance_windows", f"lists {count} windows, at most {WINDOWS_LIMIT}", "merge adjacent windows")
+    out = []
+    for i in range(count):
+        s = ws.sub(i, ws.data[i], _fields(MaintenanceWindow))
+        for key in ("start", "end"):
+            if isinstance(s.data.get(key), int) and not isinstance(s.data.get(key), bool):
+                s.fail(key, f"must be a time HH:MM in quotes, got {s.data[key]!r} (YAML reads an unquoted 12:30 "
+                       "as the number 750)", f'write {key}: "02:00"')
+            value = s.text(key, hint='"HH:MM"')
+            if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+                s.fail(key, f"must be a time HH:MM from 00:00 to 23:59, got {value!r}", f'write {key}: "02:00"')
+        days = s.get("days", list, list(DAYS))
+        if not days or any(d not in DAYS for d in days) or len(set(days)) != len(days):
+            s.fail("days", f"must list distinct days from {', '.join(DAYS)}, got {days!r}",
+                   "write e.g. days: [mon, tue, wed, thu] (or leave it out for every day)")
+        zone = s.text("timezone", MaintenanceWindow.timezone)
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            s.fail("timezone", f"is not a time zone this host knows: {zone!r}",
+                   "use an IANA name such as UTC or Europe/Berlin (install tzdata if the host has none)")
+        window = MaintenanceWindow(start=s.data["start"], end=s.data["end"], days=tuple(days), timezone=zone)
+        if shape_error([window.as_dict()]):  # the state machine's own check must agree
+            s.fail("", shape_error([window.as_dict()]) or "", "see docs/config.md, rollout.maintenance_windows")
+        out.append(window)
+    return tuple(out)
+
+
 def _registry(top: _Section) -> RegistryConfig:
     s = top.sub("registry", top.get("registry", dict, {}), _fields(RegistryConfig))
     kind = s.choice("type", REGISTRY_TYPES, RegistryConfig.type)
@@ -527,7 +576,12 @@ def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
         step_deadline=r.number("step_deadline", float, RolloutConfig.step_deadline, 0, strict=True),
         member_timeout=r.number("member_timeout", float, RolloutConfig.member_timeout, 0, strict=True,
                                 fix="use seconds, e.g. 10: how long the leader may not hear from a member "
-                                    "before it counts as unreachable"))
+                                    "before it counts as unreachable"),
+        max_failures=r.number("max_failures", int, RolloutConfig.max_failures, 0,
+                              fix="use how many failed hosts a release may revert alone and go on, e.g. 0 or 2"),
+        bake_time=r.number("bake_time", float, RolloutConfig.bake_time, 0, high=7 * 86400,
+                           fix="use seconds to wait after each batch before the next, e.g. 300 (at most a week)"),
+        maintenance_windows=_windows(r))
     return AgentConfig(
         node_id=node_id, group=group, data_dir=data_dir, raft=raft, api=api, artifacts=artifacts,
         install=install, checks=tuple(checks), rollout=rollout,

@@ -60,10 +60,12 @@ class Worker:
             self._prune(release)
             return
         self._maybe_prefetch(state, release)
-        if not release or self.host not in fsm.open_batch_hosts(state):
+        phase = fsm.host_task(state, self.host) if release else None
+        if phase is None:
             return
-        phase = "install" if release["state"] == fsm.ROLLING else "revert"
         op_id = f"{release['id']}:{self.host}:{phase}"
+        if phase == "recheck":  # once per wait between batches
+            op_id += f":{release['gate']['batch']}"
         if op_id in self._reported:
             return  # reported; waiting for the commit to show up
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "host": self.host,
@@ -72,6 +74,9 @@ class Worker:
         try:
             if phase == "install":
                 self._install(state, release, fields)
+            elif phase == "recheck":
+                self._checks(release["version"], fields)
+                event(log, "host_rechecked", step="recheck", version=release["version"], **fields)
             else:
                 self._revert(release, fields)
             ok, step, reason = True, "done", None

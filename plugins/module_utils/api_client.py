@@ -34,7 +34,13 @@ from urllib.request import HTTPRedirectHandler, HTTPSHandler, Request, build_ope
 
 from ansible.module_utils.common.text.converters import to_text
 
-from ansible_collections.quorum.rollout.plugins.module_utils.contract import ACTIONS, PAUSED, ROLLING, ROLLING_BACK
+from ansible_collections.quorum.rollout.plugins.module_utils.contract import (
+    ACTIONS,
+    PAUSED,
+    ROLLING,
+    ROLLING_BACK,
+    TERMINAL,
+)
 
 ENV_API_URL = "QUORUM_ROLLOUT_API_URL"
 ENV_API_TOKEN = "QUORUM_ROLLOUT_API_TOKEN"
@@ -432,6 +438,11 @@ def describe_release(group, release):
         text += " (batch %s/%s)" % (release["batch"] + 1, len(batches))
     if state == PAUSED and release.get("paused_from"):
         text += " (paused from %s)" % release["paused_from"]
+    if state not in TERMINAL and release.get("hold"):
+        text += " (%s)" % release["hold"].get("text")
+    within = [f.get("host") for f in release.get("failed_within_budget") or []]
+    if within:
+        text += "; failed within the budget (reverted alone): %s" % ", ".join(within)
     failure = release.get("failure")
     if failure:
         text += ": host %s failed at %s: %s" % (failure.get("host"), failure.get("step"), failure.get("reason"))

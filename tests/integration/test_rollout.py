@@ -92,6 +92,42 @@ def test_failed_preflight_in_batch_three_rolls_the_group_back(make_fleet):
     assert reverted == list(reversed(updated_first))
 
 
+def test_a_failure_within_the_budget_reverts_that_host_alone_and_the_release_goes_on(make_fleet):
+    """rollout.max_failures: 1 and a bake time: batch 1's host fails its pre-flight check, goes back to
+    2.3 alone, and the others bake, are re-checked and roll on; the release ends current listing it."""
+    fleet = make_fleet(3, batch_fraction=0.3, extra={"rollout": {"max_failures": 1, "bake_time": 1.0}})
+    for host in fleet.hosts:
+        host.checks.append({"name": "libs-ok", "type": "command",
+                            "command": f"test ! -e {host.dir}/incompatible-{{version}}", "retries": 1, "timeout": 5})
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    leader = fleet.leader()
+    victim = sorted(h.id for h in fleet.hosts if h is not leader)[0]  # batch 1 of 3
+    (fleet.base / victim / "incompatible-2.4").write_text("")
+
+    start_release(fleet, "2.4")
+    waiting = wait_for(lambda: leader.status()["waiting"], 60, "the next batch waits")
+    assert waiting.startswith(("baking until 20", "re-checking ")), waiting
+    done = fleet.wait_release(("current", "rolled_back", "aborted"))
+    assert done["state"] == "current", json.dumps(done, indent=1)
+    assert [(f["host"], f["step"]) for f in done["failed_within_budget"]] == [(victim, "preflight:libs-ok")]
+    assert done["hosts"][victim]["status"] == "reverted" and done["hosts"][victim]["version"] == "2.3"
+    for host in fleet.hosts:
+        want = "2.3" if host.id == victim else "2.4"
+        assert host.current() == want, host.id
+        assert wait_for(lambda h=host, v=want: h.health()["version"] == v, 10, f"{host.id} serves {want}")
+        assert host.status()["node"]["drift"] is None, host.id
+    details = [e["detail"] for e in leader.status()["state"]["history"] if e.get("release") == done["id"]]
+    assert [d for d in details if d.startswith("bake time over")] == [
+        "bake time over: re-checking 0 updated hosts", "bake time over: re-checking 1 updated host"], details
+    assert details[-1] == f"2 of 3 hosts run 2.4; failed within the budget: {victim}"
+    registry = wait_for(lambda: json.loads(fleet.registry_file.read_text()), 10, "a registry record")
+    assert wait_for(lambda: json.loads(fleet.registry_file.read_text())["failed_within_budget"] == [victim], 10,
+                    "the registry lists the host"), registry
+
+
 def test_leader_killed_while_rolling_another_leads_and_completes(make_fleet):
     fleet = make_fleet(5, batch_fraction=0.2)
     fleet.start_mirror()

@@ -318,6 +318,12 @@ def test_describe_release():
     assert describe_release("g", rel) == "group g: release 2.5 rolled_back: host h7 failed at preflight:health: HTTP 500"
     assert describe_release("g", {"version": "1", "state": "paused", "paused_from": "verified"}) == (
         "group g: release 1 paused (paused from verified)")
+    rel = {"version": "2.4", "state": "rolling", "batch": 0, "batches": [["a"], ["b"]],
+           "hold": {"reason": "bake", "until": 1.0, "text": "baking until 2026-12-02T07:10:00Z"}}
+    assert describe_release("g", rel) == "group g: release 2.4 rolling (batch 1/2) (baking until 2026-12-02T07:10:00Z)"
+    rel = {"version": "2.4", "state": "current", "hold": None,
+           "failed_within_budget": [{"host": "h3", "step": "preflight:health", "reason": "HTTP 500"}]}
+    assert describe_release("g", rel) == "group g: release 2.4 current; failed within the budget (reverted alone): h3"
 
 
 # -- TLS -----------------------------------------------------------------------------------
