@@ -72,7 +72,7 @@ class AgentMetrics:
             (*LABELS, "step"), buckets=STEP_BUCKETS, registry=reg)
         self.state_seconds = Histogram(
             "quorum_rollout_release_state_duration_seconds", "Seconds the group's releases stayed in each state "
-            "(observed on the node that leads when the state ends).", (*LABELS, "state"),
+            "before the next one (terminal states aside; observed on the node leading then).", (*LABELS, "state"),
             buckets=STATE_BUCKETS, registry=reg)
         self.rejected = Counter("quorum_rollout_commands_rejected", "Commands the group's state machine rejected "
                                 "(the same count on every member).", LABELS, registry=reg)
@@ -116,7 +116,7 @@ class AgentMetrics:
             if self._seq is None or seq < self._seq:  # first call, or a reformed group restarting its count
                 self._seq = seq
                 release = state["release"]
-                self._stay = (release["id"], release["state"], None) if release else None
+                self._stay = (release["id"], release["state"], _entered(state, release)) if release else None
                 return
             if seq == self._seq:
                 return
@@ -137,9 +137,18 @@ class AgentMetrics:
         stay = self._stay
         if stay is not None and stay[0] == release and stay[1] == to:
             return  # still in the same state (a batch opened, a host reported)
-        if stay is not None and stay[0] == release and stay[2] is not None and at is not None and leading:
+        if (stay is not None and stay[0] == release and stay[2] is not None and at is not None and leading
+                and stay[1] not in contract.TERMINAL):  # a retry leaves rolled_back: not a step's time
             self.state_seconds.labels(self.group, self.node, stay[1]).observe(max(0.0, at - stay[2]))
         self._stay = (release, to, at)
+
+
+def _entered(state: dict[str, Any], release: dict[str, Any]) -> float | None:
+    """When the release entered the state it is in: its last history entry that changed the state."""
+    for entry in reversed(state["history"]):
+        if entry["release"] == release["id"] and entry["to"] == release["state"] and entry["from"] != entry["to"]:
+            return entry["time"]
+    return None
 
 
 def _gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:

@@ -228,3 +228,23 @@ def test_a_host_step_is_timed_whether_it_succeeds_or_fails(fleet: Group) -> None
     assert fleet.value("quorum_rollout_step_duration_seconds_count", step="install") == 1
     assert fleet.value("quorum_rollout_step_duration_seconds_count", step="preflight") == 1
     assert fleet.value("quorum_rollout_step_duration_seconds_count", step="download") == 0
+
+
+def test_a_stay_that_began_before_the_agent_counted_is_timed_from_the_committed_history(fleet: Group) -> None:
+    """An agent (re)started mid-release: its first look at the state is a starting point, and the
+    state the release is in was entered at the time the history says, not when this agent looked."""
+    from quorum_rollout.metrics import AgentMetrics
+
+    fleet.group.nodes["h2"].propose("start", version="2.4", members=MEMBERS, batch_fraction=0.1, canary=False,
+                                    allow_downgrade=False, allow_unreachable=True, running_version=None)
+    fleet.clock[0] += 20.0
+    late = AgentMetrics(GROUP, "h2")
+    late.observe(fleet.group.state, leading=True)  # the starting point, 20 s into running_old_release
+    artifact = {"sha256": "a" * 64, "size": 1, "file": "f", "manifest": "{}", "mirror": "m"}
+    fleet.propose("manifest", artifact=artifact)
+    fleet.propose("downloaded")
+    late.observe(fleet.group.state, leading=True)
+    samples = {(s.name, s.labels.get("state")): s.value for family in text_string_to_metric_families(late.render())
+               for s in family.samples}
+    assert samples[("quorum_rollout_release_state_duration_seconds_count", contract.RUNNING_OLD)] == 1
+    assert samples[("quorum_rollout_release_state_duration_seconds_sum", contract.RUNNING_OLD)] == pytest.approx(20.0)
