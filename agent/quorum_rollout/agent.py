@@ -16,6 +16,7 @@ from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode, Node
 from .log import bound, event, get_logger
+from .metrics import AgentMetrics
 from .operations import Operations
 from .registry import Registry
 from .sources import Sources, members_of
@@ -59,6 +60,7 @@ class Agent:
         # Both raise ConfigError naming the file when missing, too open or too short.
         self.secret = read_secret(cfg.raft.secret_file)
         self.token = read_token(cfg.api.token_file)
+        self.metrics_token = read_token(cfg.api.metrics_token_file) if cfg.api.metrics_token_file else None
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
@@ -72,15 +74,17 @@ class Agent:
         self._stop = threading.Event()
         self._loops: list[threading.Thread] = []
         self.reporter = RegistryReporter(Registry(cfg.registry), cfg.group)
-        self._events = [threading.Event(), threading.Event()]
+        self._events = [threading.Event(), threading.Event(), threading.Event()]
+        self.metrics = AgentMetrics(cfg.group, cfg.node_id)
         self.node: Node = node if node is not None else self._group_node(data)
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
         self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
         self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel)
-        self.worker = Worker(self.node, cfg, self.sources)
+        self.worker = Worker(self.node, cfg, self.sources, metrics=self.metrics)
         self.operations = Operations(self.node, group=cfg.group)
         self.server: api.AgentServer | None = None
+        self.metrics.attach(self)
 
     def _group_node(self, data: Path) -> GroupNode:
         cfg = self.cfg
@@ -98,12 +102,16 @@ class Agent:
         self.operations.start()
         self.server = api.serve(self)
         for name, step, wake in (("coordinator", self.coordinator.step, self._events[0]),
-                                 ("worker", self.worker.step, self._events[1])):
+                                 ("worker", self.worker.step, self._events[1]),
+                                 ("metrics", self._observe, self._events[2])):
             thread = threading.Thread(target=self._loop, args=(name, step, wake), name=name, daemon=True)
             thread.start()
             self._loops.append(thread)
         event(log, "agent_started", group=cfg.group, node=cfg.node_id, raft=cfg.raft.address,
               api=f"{cfg.api.bind}:{cfg.api.port}", peers=len(cfg.raft.peers), channel=cfg.artifacts.channel)
+
+    def _observe(self) -> None:
+        self.metrics.observe(self.node.state, leading=self.node.is_leader())
 
     def _wake_all(self) -> None:
         # Runs on the Raft thread: only set events, never block.

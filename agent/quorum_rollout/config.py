@@ -85,6 +85,7 @@ class ApiConfig:
     tls_key: str | None = None
     url: str = ""
     max_connections: int = 64
+    metrics_token_file: str | None = None  # a fleet-wide token that reads GET /metrics and nothing else
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,8 @@ def _api(top: _Section) -> ApiConfig:
         url = f"{'https' if cert else 'http'}://{host}:{port}"
     return ApiConfig(token_file=s.abspath("token_file"), bind=bind, port=port, tls_cert=cert, tls_key=key, url=url,
                      max_connections=s.number("max_connections", int, ApiConfig.max_connections, 4,
-                                              fix="use the number of concurrent API connections, 4 or more"))
+                                              fix="use the number of concurrent API connections, 4 or more"),
+                     metrics_token_file=s.abspath("metrics_token_file", None))
 
 
 def _trusted_key(s: _Section) -> TrustedKey:

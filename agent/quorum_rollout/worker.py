@@ -19,6 +19,7 @@ from . import artifacts, checks, fsm, housekeeping, install, signing
 from .config import AgentConfig
 from .group import Node, ProposalError
 from .log import event, get_logger
+from .metrics import AgentMetrics
 from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.worker")
@@ -31,8 +32,9 @@ class StepFailed(Exception):
 
 
 class Worker:
-    def __init__(self, node: Node, cfg: AgentConfig, sources: Sources) -> None:
+    def __init__(self, node: Node, cfg: AgentConfig, sources: Sources, *, metrics: AgentMetrics | None = None) -> None:
         self.node = node
+        self.metrics = metrics or AgentMetrics(cfg.group, cfg.node_id)  # times this host's steps
         self.cfg = cfg
         self.sources = sources
         self.store = sources.store
@@ -78,7 +80,8 @@ class Worker:
                 self._checks(release["version"], fields)
                 event(log, "host_rechecked", step="recheck", version=release["version"], **fields)
             else:
-                self._revert(release, fields)
+                with self.metrics.step("revert"):
+                    self._revert(release, fields)
             ok, step, reason = True, "done", None
         except StepFailed as exc:
             ok, step, reason = False, exc.step, clip(exc.reason)
@@ -233,9 +236,10 @@ class Worker:
     def _install(self, state: dict[str, Any], release: dict[str, Any], fields: dict[str, Any]) -> None:
         version = release["version"]
         try:
-            manifest, path = self.sources.ensure_artifact(
-                state, release, deadline=time.monotonic() + self.cfg.rollout.step_deadline)
-            self.store.verify(path, manifest)
+            with self.metrics.step("download"):
+                manifest, path = self.sources.ensure_artifact(
+                    state, release, deadline=time.monotonic() + self.cfg.rollout.step_deadline)
+                self.store.verify(path, manifest)
         except (signing.TrustError, artifacts.ArtifactError, OSError) as exc:
             raise StepFailed(failed_step(exc, "download"), str(exc)) from exc
         running = install.current_version(self.root)
@@ -244,14 +248,17 @@ class Worker:
         else:
             self._remember_previous(release, running)  # before the switch: a crash must not lose it
             try:
-                install.install_release(self.root, version, path,
-                                        free_space_margin=self.cfg.artifacts.free_space_margin)
-                install.activate(self.root, version)
+                with self.metrics.step("install"):
+                    install.install_release(self.root, version, path,
+                                            free_space_margin=self.cfg.artifacts.free_space_margin)
+                    install.activate(self.root, version)
             except (install.InstallError, OSError) as exc:
                 raise StepFailed("install", str(exc)) from exc
             event(log, "activated", step="install", version=version, previous=running, **fields)
-        self._restart(version, fields)
-        self._checks(version, fields)
+        with self.metrics.step("restart"):
+            self._restart(version, fields)
+        with self.metrics.step("preflight"):
+            self._checks(version, fields)
         event(log, "host_updated", step="preflight", version=version, **fields)
 
     def _step_file(self, release: dict[str, Any]) -> Path:

@@ -36,6 +36,7 @@ def check_run(tmp_path: Path, **variables: Any) -> subprocess.CompletedProcess[s
      "quorum_rollout_batch_fracton (did you mean quorum_rollout_batch_fraction?)"),
     ({"quorum_rollout_trusted_keys": [KEY[:40]]}, "quorum_rollout_trusted_keys: every entry must be an Ed25519"),
     ({"quorum_rollout_trusted_keys": [{"public_key": KEY}, 5]}, "not that: 5"),
+    ({"quorum_rollout_metrics_token": "short token"}, "quorum_rollout_metrics_token must be at least 16 characters"),
 ])
 def test_bad_role_input_fails_the_check_run_naming_the_variable(tmp_path: Path, variables: dict[str, Any],
                                                                 message: str) -> None:

@@ -265,16 +265,16 @@ def test_status_names_the_leader_and_the_committed_state(client: Client) -> None
 
 def test_the_batch_metric_is_1_based_while_rolling_and_0_before(client: Client) -> None:
     """The reported bug: quorum_rollout_release_batch read 0 in batch 1, then 2, 3..."""
-    def batch_metric() -> str:
+    def batch_metric() -> float:
         reply = client.call("GET", "/metrics")
         assert reply.status == 200 and reply.content_type.startswith("text/plain")
-        return next(line.rsplit(" ", 1)[1] for line in reply.body.splitlines()
+        return next(float(line.rsplit(" ", 1)[1]) for line in reply.body.splitlines()
                     if line.startswith("quorum_rollout_release_batch{"))
 
-    assert batch_metric() == "0"
+    assert batch_metric() == 0
     client.release()
     open_first_batch(client)
     assert client.group.state["release"]["batches"] == [["h1"], ["h3"], ["h2"]]
-    assert batch_metric() == "1"
+    assert batch_metric() == 1
     report(client, "h1")
-    assert batch_metric() == "2"
+    assert batch_metric() == 2
