@@ -67,6 +67,7 @@ def run_agents(base: Path, n: int, payload: int) -> dict:
     try:
         fleet.start()
         before = sum(fleet.mirror_bytes().values())
+        term0 = fleet.hosts[0].status()["node"]["term"]
         t0 = time.monotonic()
         wall0 = time.time()
         assert fleet.hosts[0].post("/v1/releases", {"version": "2.4"}).status_code == 201
@@ -74,6 +75,7 @@ def run_agents(base: Path, n: int, payload: int) -> dict:
         wall = time.monotonic() - t0
         assert done["state"] == "current", done["failure"]
         egress = sum(fleet.mirror_bytes().values()) - before
+        elections = max(h.status()["node"]["term"] for h in fleet.hosts) - term0  # under load: should be 0
         history = fleet.hosts[0].status()["state"]["history"]
         reported = {e["detail"].split()[0]: ts(e["time"]) for e in history if e["op"] == "host_done"}
         fetch, restart, commit, batch_walls = [], [], [], []
@@ -95,7 +97,8 @@ def run_agents(base: Path, n: int, payload: int) -> dict:
                 batch_walls.append(max(reported[h] for h in batch) - min(starts[h] for h in batch))
         first_start = min(starts.values()) - wall0 if starts else float("nan")
         return {"wall_s": wall, "egress": egress, "fetch_s": median(fetch), "restart_s": median(restart),
-                "commit_s": median(commit), "batch_s": batch_walls, "first_step_after_s": first_start}
+                "commit_s": median(commit), "batch_s": batch_walls, "first_step_after_s": first_start,
+                "elections": elections}
     finally:
         fleet.close()
 
@@ -217,7 +220,8 @@ def main() -> None:
               f"{median([r['fetch_s'] for r in a]):.3f} s, restart+checks {median([r['restart_s'] for r in a]):.3f} s, "
               f"report commit {median([r['commit_s'] for r in a]):.3f} s; first step "
               f"{median([r['first_step_after_s'] for r in a]):.2f} s after the release command; batch walls "
-              f"{[round(x, 2) for x in a[0]['batch_s']]}")
+              f"{[round(x, 2) for x in a[0]['batch_s']]}; elections during the releases "
+              f"{[r['elections'] for r in a]}")
     if "F" in results:
         f = results["F"]
         print(f"floor: download+hash {median([r['download_s'] for r in f]):.3f} s, host step "
