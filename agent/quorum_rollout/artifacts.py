@@ -763,7 +763,12 @@ def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer:
         for mirror in ([prefer] if prefer else []) + [m for m in ordered if m != prefer]:
             url = f"{mirror}/{quote(cfg.name)}/{quote(manifest.version)}/{quote(manifest.file)}"
             try:
-                path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds)
+                if manifest.chunks is None:
+                    path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds)
+                else:  # a delta release: only the chunks no local artifact holds
+                    from quorum_rollout import chunks
+
+                    path = chunks.fetch(mirror, cfg, store, manifest, sess, bounds, log)
             except DiskFull:
                 raise
             except _STOP as exc:
