@@ -17,7 +17,7 @@ import pytest
 import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from quorum_rollout import artifacts, chunks, cli, signing
+from quorum_rollout import artifacts, chunks, cli, housekeeping, signing
 from quorum_rollout.artifacts import Store
 from quorum_rollout.chunks import CHUNKER, ChunkMismatch, ChunkTooLarge, Index, IndexMismatch, MalformedIndex
 from quorum_rollout.config import ArtifactsConfig, TrustedKey
@@ -328,3 +328,20 @@ def test_an_index_that_does_not_rebuild_the_signed_file_is_refused(make_mirror: 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# -------------------------------------------------------------------------------- housekeeping
+
+
+def test_seed_indexes_go_with_their_store_files(make_mirror: MakeMirror, keyfile: str, store: Store,
+                                                tmp_path: Path) -> None:
+    mirror = make_mirror()
+    sign(mirror, "2.4", payload(), keyfile)
+    kept = get(store, mirror, version="2.4").name
+    stale = "d" * 64
+    chunks.seed_path(store, stale).write_bytes(b"{}")  # its store file is gone
+    root = tmp_path / "root"
+    root.mkdir()
+    report = housekeeping.prune_host(root, store, keep_releases=1, protect_versions=(), protect_digests={kept})
+    assert chunks.seed_path(store, kept).exists() and not chunks.seed_path(store, stale).exists()
+    assert stale in report.removed_seeds
