@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,7 +370,7 @@ def fetch(mirror: str, cfg: Any, store: artifacts.Store, manifest: Manifest, ses
     """The file of `manifest` (which has `chunks`) in `store`, built from local chunks and the ones
     `mirror` serves (see the module doc). Raises like `artifacts.download`, plus `IndexMismatch`,
     `MalformedIndex`, `ChunkMismatch` and `ChunkTooLarge` naming the chunk and the URL."""
-    digest, size = manifest.sha256, manifest.size
+    digest, size, started = manifest.sha256, manifest.size, time.monotonic()
     store.prepare()
     part, lock, stats = store.partial(digest), store.lock(digest), Fetched()
     base = f"{mirror}/{quote(cfg.name)}"
@@ -417,7 +418,7 @@ def fetch(mirror: str, cfg: Any, store: artifacts.Store, manifest: Manifest, ses
         os.replace(part, store.path(digest))
         remember(store, index)
         artifacts._emit(log, "chunks_fetched", mirror=mirror, version=manifest.version, sha256=digest, size=size,
-                        chunks=len(index.chunks), **stats.__dict__)
+                        chunks=len(index.chunks), seconds=round(time.monotonic() - started, 3), **stats.__dict__)
         return store.path(digest)
     finally:
         lock.release()
