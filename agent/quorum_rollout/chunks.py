@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +48,8 @@ CHUNKER = {"name": "fastcdc2020", "min": 16 * 1024, "avg": 64 * 1024, "max": 256
 COMPRESSION = "zstd"
 ZSTD_LEVEL = 3
 INDEX_SUFFIX = ".chunks.json"
+PARALLEL = 4  # chunk requests in flight: hides the round trip per chunk (a CDN's 20-50 ms)
+WINDOW = 16   # chunks fetched ahead of the write position, at most (16 x 256 KiB + their compressed bytes)
 _ENTRY_BYTES = 96  # the most one index entry `[offset,size,"<64 hex>"],` takes, with room to spare
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -255,14 +258,16 @@ def _seeds(store: artifacts.Store, skip: str, bounds: artifacts._Bounds, url: st
     return found
 
 
-def _from_seed(seed: tuple[Path, int, int] | None, digest: str) -> bytes | None:
-    """The chunk from a store file, if it is still there and still hashes to `digest`."""
+def _from_seed(seed: tuple[Path, int, int] | None, digest: str, fds: dict[Path, int]) -> bytes | None:
+    """The chunk from a store file (its descriptor kept open in `fds`), if it is still there and still
+    hashes to `digest`."""
     if seed is None:
         return None
     path, offset, length = seed
     try:
-        with open(path, "rb") as f:
-            data = os.pread(f.fileno(), length, offset)
+        if path not in fds:
+            fds[path] = os.open(path, os.O_RDONLY)
+        data = os.pread(fds[path], length, offset)
     except OSError:
         return None
     return data if len(data) == length and hashlib.sha256(data).hexdigest() == digest else None
@@ -280,7 +285,8 @@ class Fetched:
     fetched: int = 0
     fetched_bytes: int = 0  # decompressed
     wire_bytes: int = 0     # compressed, as they came from the mirror, index included
-    resumed_bytes: int = 0  # a verified partial file's prefix kept
+    resumed: int = 0        # chunks of a verified partial file's prefix kept
+    resumed_bytes: int = 0
 
 
 def _decompress(url: str, raw: bytes, digest: str, size: int, what: str) -> bytes:
@@ -303,28 +309,38 @@ def _decompress(url: str, raw: bytes, digest: str, size: int, what: str) -> byte
     return data
 
 
-def _fetch_chunk(url: str, digest: str, size: int, what: str, sess: Any, bounds: artifacts._Bounds, cfg: Any,
-                 limiter: artifacts.TokenBucket | None, stats: Fetched) -> bytes:
-    cap = compress_bound(size)
-    with artifacts._get(sess, url, {}, bounds) as resp:
-        if resp.status_code != 200:
-            raise artifacts.HttpError(url, resp.status_code, resp.reason or "")
-        declared = resp.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise ChunkTooLarge(f"{url}: {what} announces {declared} bytes, over the {cap} a {size}-byte chunk can "
-                                "compress to; refused")
+def _fetch_chunk(url: str, digest: str, size: int, what: str, sess: Any, bounds: artifacts._Bounds,
+                 limiter: artifacts.TokenBucket | None, retries: int = 2) -> tuple[bytes, int]:
+    """One chunk from the mirror, verified: (data, bytes on the wire). A broken connection is retried
+    `retries` times (a chunk is small: from its start)."""
+    wire, cap = 0, compress_bound(size)
+    for attempt in range(retries + 1):
         raw = bytearray()
-        for piece in artifacts._arrivals(url, resp, bounds):
-            raw += piece
-            stats.wire_bytes += len(piece)
-            if len(raw) > cap:
-                raise ChunkTooLarge(f"{url}: {what} sent more than the {cap} bytes a {size}-byte chunk can "
-                                    "compress to; refused")
-            if limiter is not None:
-                limiter.consume(len(piece), sleep=bounds.pause if bounds.bounded else None)
-        if declared.isdigit() and len(raw) < int(declared):
-            raise artifacts.TransferInterrupted(url, f"{what}: connection closed after {len(raw)} of {declared} bytes")
-    return _decompress(url, bytes(raw), digest, size, what)
+        try:
+            with artifacts._get(sess, url, {}, bounds) as resp:
+                if resp.status_code != 200:
+                    raise artifacts.HttpError(url, resp.status_code, resp.reason or "")
+                declared = resp.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise ChunkTooLarge(f"{url}: {what} announces {declared} bytes, over the {cap} a {size}-byte "
+                                        "chunk can compress to; refused")
+                for piece in artifacts._arrivals(url, resp, bounds):
+                    raw += piece
+                    wire += len(piece)
+                    if len(raw) > cap:
+                        raise ChunkTooLarge(f"{url}: {what} sent more than the {cap} bytes a {size}-byte chunk can "
+                                            "compress to; refused")
+                    if limiter is not None:
+                        limiter.consume(len(piece), sleep=bounds.pause if bounds.bounded else None)
+                if declared.isdigit() and len(raw) < int(declared):
+                    raise artifacts.TransferInterrupted(url, f"{what}: connection closed after {len(raw)} of "
+                                                             f"{declared} bytes")
+        except artifacts.TransferInterrupted:
+            if attempt == retries:
+                raise
+            continue
+        return _decompress(url, bytes(raw), digest, size, what), wire
+    raise AssertionError("unreachable")
 
 
 def _index(mirror: str, cfg: Any, manifest: Manifest, sess: Any, bounds: artifacts._Bounds, stats: Fetched) -> Index:
@@ -383,6 +399,7 @@ def fetch(mirror: str, cfg: Any, store: artifacts.Store, manifest: Manifest, ses
         whole = hashlib.sha256()
         start = _resume(part, index, whole)
         stats.resumed_bytes = index.chunks[start][0] if start < len(index.chunks) else size
+        stats.resumed = start
         need = size - stats.resumed_bytes
         free = shutil.disk_usage(store.root).free
         if free < need + cfg.free_space_margin:
@@ -390,25 +407,43 @@ def fetch(mirror: str, cfg: Any, store: artifacts.Store, manifest: Manifest, ses
                                            f"needed ({need} to assemble + {cfg.free_space_margin} "
                                            "artifacts.free_space_margin); free disk space or lower the margin")
         limiter = artifacts.TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
-        with open(part, "ab") as out:
-            for i in range(start, len(index.chunks)):
-                offset, length, chunk = index.chunks[i]
-                what = f"chunk {i} (offset {offset}, {length} bytes, sha256 {chunk})"
-                bounds.check(base, stats.fetched_bytes, kept=True)
-                data = _from_seed(seeds.get(chunk), chunk)
-                if data is not None:
-                    stats.reused, stats.reused_bytes = stats.reused + 1, stats.reused_bytes + length
-                else:
-                    data = _fetch_with_retries(chunk_url(mirror, cfg.name, chunk), chunk, length, what, sess,
-                                               bounds, cfg, limiter, stats)
-                    stats.fetched, stats.fetched_bytes = stats.fetched + 1, stats.fetched_bytes + length
-                try:
-                    out.write(data)
-                except OSError as exc:
-                    raise artifacts.DiskFull(base, f"writing {part} failed: {exc.strerror}") from None
-                whole.update(data)
-            out.flush()
-            os.fsync(out.fileno())
+        pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="chunks")
+        pending: dict[int, Future[tuple[bytes, int]]] = {}
+        fds: dict[Path, int] = {}
+        ahead = start
+
+        def get(i: int) -> Future[tuple[bytes, int]]:
+            offset, length, chunk = index.chunks[i]
+            return pool.submit(_fetch_chunk, chunk_url(mirror, cfg.name, chunk), chunk, length,
+                               f"chunk {i} (offset {offset}, {length} bytes, sha256 {chunk})", sess, bounds, limiter)
+
+        try:
+            with open(part, "ab") as out:
+                for i in range(start, len(index.chunks)):
+                    while ahead < len(index.chunks) and len(pending) < WINDOW:  # the next missing chunks
+                        if index.chunks[ahead][2] not in seeds:
+                            pending[ahead] = get(ahead)
+                        ahead += 1
+                    length, chunk = index.chunks[i][1:]
+                    bounds.check(base, stats.fetched_bytes, kept=True)
+                    data = None if i in pending else _from_seed(seeds.get(chunk), chunk, fds)
+                    if data is not None:
+                        stats.reused, stats.reused_bytes = stats.reused + 1, stats.reused_bytes + length
+                    else:  # fetched ahead, or a seed that no longer verifies
+                        data, wire = (pending.pop(i) if i in pending else get(i)).result()
+                        stats.fetched, stats.fetched_bytes = stats.fetched + 1, stats.fetched_bytes + length
+                        stats.wire_bytes += wire
+                    try:
+                        out.write(data)
+                    except OSError as exc:
+                        raise artifacts.DiskFull(base, f"writing {part} failed: {exc.strerror}") from None
+                    whole.update(data)
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for fd in fds.values():
+                os.close(fd)
         actual = whole.hexdigest()
         if actual != digest or part.stat().st_size != size:
             part.unlink(missing_ok=True)
@@ -422,15 +457,3 @@ def fetch(mirror: str, cfg: Any, store: artifacts.Store, manifest: Manifest, ses
         return store.path(digest)
     finally:
         lock.release()
-
-
-def _fetch_with_retries(url: str, digest: str, size: int, what: str, sess: Any, bounds: artifacts._Bounds,
-                        cfg: Any, limiter: artifacts.TokenBucket | None, stats: Fetched, retries: int = 2) -> bytes:
-    """One chunk; a broken connection is retried `retries` times (a chunk is small: from its start)."""
-    for attempt in range(retries + 1):
-        try:
-            return _fetch_chunk(url, digest, size, what, sess, bounds, cfg, limiter, stats)
-        except artifacts.TransferInterrupted:
-            if attempt == retries:
-                raise
-    raise AssertionError("unreachable")
