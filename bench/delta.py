@@ -14,7 +14,7 @@ growth over the run (VmHWM after - VmRSS before the first release). Also the pub
 rate (`chunks.build_index`, CPU time, so per core). Members fetch the whole reassembled file from
 peers in both modes (N - 1 copies of S over the zone link; fetching chunks from peers is later work).
 
-Usage: .venv/bin/python bench/delta.py [--size-mib 256] [--hosts 3]
+Usage: .venv/bin/python bench/delta.py [--size-mib 256] [--hosts 3] [--mirror-rate-mb 0]
 Prints a Markdown table for docs/benchmarks.md.
 """
 
@@ -84,11 +84,11 @@ def tar(work: Path, version: str, payload: Path) -> Path:
     return archive
 
 
-def run(base: Path, work: Path, n: int, v1: Path, v2: Path, delta: bool) -> list[dict[str, Any]]:
+def run(base: Path, work: Path, n: int, v1: Path, v2: Path, delta: bool, rate: int) -> list[dict[str, Any]]:
     fleet = Fleet(base, n, step_deadline=900)
     rows = []
     try:
-        fleet.start_mirror()
+        fleet.start_mirror(rate=rate)
         fleet.preinstall("2.3")
         fleet.start()
         rss0 = {h.id: proc_kib(h.proc.pid, "VmRSS") for h in fleet.hosts if h.proc}
@@ -117,23 +117,21 @@ def run(base: Path, work: Path, n: int, v1: Path, v2: Path, delta: bool) -> list
 
 
 def reassembly_rates(base: Path, work: Path, v1: Path, v2: Path) -> dict[str, float]:
-    """The agent's fetch path (`chunks.fetch`) in this process, against a mirror served from a thread
-    of this process: MB of file assembled per CPU second (all threads, the mirror's included) for
-    2.4 with an empty store (every chunk fetched and decompressed), 2.5 and 2.6 (reused chunks)."""
-    import functools
-    import http.server
-    import threading
+    """The agent's fetch path (`chunks.fetch`) in this process, against the fleet's mirror process:
+    MB of file assembled per CPU second of this process (the agent's side only) for 2.4 with an empty
+    store (every chunk fetched and decompressed), 2.5 and 2.6 (reused chunks)."""
+    import socket
     import types
 
     from quorum_rollout import artifacts, signing
+    from scripts.localfleet.common import start_mirror
 
     root = base / "mirror"
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.func.protocol_version = "HTTP/1.1"  # type: ignore[attr-defined]
-    handler.func.log_message = lambda *a: None  # type: ignore[attr-defined,assignment,method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_mirror("127.0.0.1", port, root)
+    url = f"http://127.0.0.1:{port}"
     cfg = types.SimpleNamespace(name="demo-app", free_space_margin=0, bandwidth_limit=0)
     store, rates = artifacts.Store(base / "store"), {}
     try:
@@ -147,7 +145,8 @@ def reassembly_rates(base: Path, work: Path, v1: Path, v2: Path) -> dict[str, fl
                 chunks.fetch(url, cfg, store, manifest, sess, artifacts._Bounds(5.0, 30.0))
             rates[version] = index.size / (time.process_time() - start) / 1e6
     finally:
-        server.shutdown()
+        server.terminate()
+        server.wait(10)
     return rates
 
 
@@ -161,7 +160,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--hosts", type=int, default=3)
+    ap.add_argument("--mirror-rate-mb", type=float, default=0, help="cap the mirror's egress (MiB/s; 0: none)")
     args = ap.parse_args()
+    cap = int(args.mirror_rate_mb * 2**20)
     size = args.size_mib << 20
     with tempfile.TemporaryDirectory(prefix="qr-delta-") as tmp:
         work = Path(tmp) / "work"
@@ -171,11 +172,12 @@ def main() -> None:
         print(f"chunking (publisher, sha256 per chunk): {rate:.0f} MB/s per core", flush=True)
         rates = reassembly_rates(Path(tmp) / "inproc", work, v1, v2)
         print(f"reassembly in-process, MB/s per core: {rates}", flush=True)
-        delta = run(Path(tmp) / "delta", work, args.hosts, v1, v2, True)
-        whole = run(Path(tmp) / "whole", work, args.hosts, v1, v2, False)
+        delta = run(Path(tmp) / "delta", work, args.hosts, v1, v2, True, cap)
+        whole = run(Path(tmp) / "whole", work, args.hosts, v1, v2, False, cap)
     print(f"\n{platform.node()} {platform.machine()} python {platform.python_version()}, "
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}; S = {args.size_mib} MiB uncompressed tar of random bytes, "
-          f"{args.hosts} hosts, no bandwidth cap; chunking {rate:.0f} MB/s per core\n")
+          f"{args.hosts} hosts, mirror egress {f'capped at {args.mirror_rate_mb:g} MiB/s' if cap else 'not capped'}; "
+          f"chunking {rate:.0f} MB/s per core\n")
     print("| release | from the mirror, delta | from the mirror, whole file | delta / S | to `current`, delta "
           "| to `current`, whole | leader reassembly |")
     print("|---|---|---|---|---|---|---|")
