@@ -189,7 +189,7 @@ def main() -> None:
         print(f"| {names[d['version']]} | {d['mirror'] / 2**20:.1f} MiB | {w['mirror'] / 2**20:.1f} MiB "
               f"| {d['mirror'] / d['size'] * 100:.2f} % | {d['seconds']:.1f} s | {w['seconds']:.1f} s | {reassembly} |")
     print(f"\nreassembly (`chunks.fetch` in one process, CPU time): {rates['2.4']:.0f} MB/s per core with every "
-          f"chunk fetched and decompressed (the mirror thread's CPU included), {rates['2.5']:.0f} MB/s for 2.5, "
+          f"chunk fetched and decompressed (the agent side's CPU only), {rates['2.5']:.0f} MB/s for 2.5, "
           f"{rates['2.6']:.0f} MB/s for 2.6 (local chunks copied and re-hashed)")
     print(f"\nleader agent RSS growth over the run: delta {max(r['rss_growth_mib'] for r in delta):.1f} MiB, "
           f"whole file {max(r['rss_growth_mib'] for r in whole):.1f} MiB")
