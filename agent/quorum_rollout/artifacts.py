@@ -251,7 +251,12 @@ class Store:
         except OSError:
             pass
         verify_file(path, manifest)
-        _hashed[key] = (manifest.sha256, _identity(path))
+        hashed_here(Path(path), manifest.sha256)
+
+
+def hashed_here(path: Path, digest: str) -> None:
+    """Record that this process computed `digest` for the store file at `path` (Store.verify)."""
+    _hashed[str(path.resolve())] = (digest, _identity(path))
 
 
 def _identity(path: str | Path) -> tuple[int, int, int, int]:
@@ -520,7 +525,7 @@ def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers:
                            "(the source serves a different file)")
     final = store.path(digest)
     os.replace(part, final)
-    _hashed[str(final.resolve())] = (digest, _identity(final))
+    hashed_here(final, digest)
     return final
 
 
@@ -822,7 +827,13 @@ def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer:
         for mirror in ([prefer] if prefer else []) + [m for m in ordered if m != prefer]:
             url = f"{mirror}/{quote(cfg.name)}/{quote(manifest.version)}/{quote(manifest.file)}"
             try:
-                path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds, MIRROR)
+                if manifest.chunks is None:
+                    path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds,
+                                     MIRROR)
+                else:  # a delta release: only the chunks no local artifact holds
+                    from quorum_rollout import chunks
+
+                    path = chunks.fetch(mirror, cfg, store, manifest, sess, bounds, log)
             except DiskFull:
                 raise
             except _STOP as exc:

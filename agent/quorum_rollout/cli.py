@@ -335,13 +335,31 @@ def cmd_channel_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip bzip2 xz zstd
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     if args.channel and not args.mirror_dir:
         raise SystemExit("error: --channel needs --mirror-dir: the pointer goes to "
                          "<mirror-dir>/<name>/channels/<channel>.json, next to the release")
+    if args.chunks and not args.mirror_dir:
+        raise SystemExit("error: --chunks needs --mirror-dir: the chunks go to <mirror-dir>/<name>/chunks/ and the "
+                         "index next to the release")
     artifact = Path(args.artifact)
+    ref = digest = None
+    if args.chunks:
+        from . import chunks
+
+        with open(artifact, "rb") as f:
+            head = f.read(6)
+        if any(head.startswith(magic) for magic in _COMPRESSED):
+            print(f"warning: {artifact} is compressed: chunks of compressed data rarely repeat between releases, "
+                  "so a delta saves little; publish the uncompressed .tar (each chunk is stored zstd-compressed)",
+                  file=sys.stderr)
+        index, ref = chunks.publish(artifact, Path(args.mirror_dir) / args.name, args.version)
+        digest = (index.sha256, index.size)
     signed = signing.build_signed(artifact, args.name, args.version, expires_in=args.expires_days * 86400,
-                                  targets=args.target or None, now=time.time())
+                                  targets=args.target or None, now=time.time(), chunks=ref, digest=digest)
     manifest = signing.sign(signed, [signing.load_private_key(k) for k in args.key])
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if args.mirror_dir:
@@ -350,7 +368,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
         if artifact.resolve() != (dest / artifact.name).resolve():
             shutil.copyfile(artifact, dest / artifact.name)
         (dest / "manifest.json").write_text(text)
-        print(f"published {dest / 'manifest.json'} and {dest / artifact.name}")
+        print(f"published {dest / 'manifest.json'} and {dest / artifact.name}"
+              + (f" (chunk index {dest / ref.index})" if ref else ""))
         if args.channel:
             pointer = _write_pointer(args.mirror_dir, args.name, args.channel, args.version, args.key,
                                      args.expires_days)
@@ -457,6 +476,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror-dir", help="publish artifact + manifest in mirror layout under this dir")
     p.add_argument("--channel", type=_channel_name,
                    help="also point this channel at the release (<mirror-dir>/<name>/channels/<channel>.json)")
+    p.add_argument("--chunks", action="store_true",
+                   help="delta release: also publish a signed chunk index and the chunks "
+                        "(<mirror-dir>/<name>/chunks/); agents fetch only the chunks they lack (docs/delta.md)")
     p.add_argument("-o", "--output", help="manifest path (default stdout)")
     p.set_defaults(func=cmd_sign)
 

@@ -147,7 +147,7 @@ class Worker:
                                          protect_versions=protect, protect_digests={digest} if digest else set())
         fields = report.fields()
         if any(fields[k] for k in ("removed_versions", "removed_digests", "removed_partials", "removed_leftovers",
-                                   "errors")):
+                                   "removed_seeds", "errors")):
             event(log, "pruned", level="warning" if report.errors else "info", group=self.cfg.group,
                   release=release["id"], node=self.host, host=self.host, step="housekeeping", **fields)
 

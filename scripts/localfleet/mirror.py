@@ -94,6 +94,8 @@ def main() -> None:
         threading.Thread(target=timeline, daemon=True).start()
 
     def record(rel: str, sent: int) -> None:
+        if "/chunks/" in rel:  # delta releases: one counter for all chunks (thousands of paths otherwise)
+            rel = rel.split("/chunks/")[0] + "/chunks/"
         with lock:
             served[rel] = served.get(rel, 0) + sent
             if args.stats:
