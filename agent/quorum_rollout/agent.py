@@ -14,8 +14,9 @@ from . import api, artifacts, fsm, install, signing
 from .channel import ChannelPoller
 from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
-from .group import GroupNode, Node
+from .group import GroupNode, Node, ProposalError
 from .log import bound, event, get_logger
+from .notify import Notifier
 from .operations import Operations
 from .registry import Registry
 from .sources import Sources, members_of
@@ -59,6 +60,8 @@ class Agent:
         # Both raise ConfigError naming the file when missing, too open or too short.
         self.secret = read_secret(cfg.raft.secret_file)
         self.token = read_token(cfg.api.token_file)
+        if cfg.notify.url:
+            read_token(cfg.notify.secret_file or "")  # refuse to start with a missing or readable webhook secret
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
@@ -77,7 +80,9 @@ class Agent:
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
         self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
-        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel)
+        self.notifier = Notifier(cfg.notify, cfg.group, cfg.node_id, self._notified) if cfg.notify.url else None
+        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel,
+                                       notifier=self.notifier)
         self.worker = Worker(self.node, cfg, self.sources)
         self.operations = Operations(self.node, group=cfg.group)
         self.server: api.AgentServer | None = None
@@ -125,6 +130,16 @@ class Agent:
                 event(log, f"{name}_error", level="error", group=self.cfg.group, node=self.cfg.node_id,
                       cause=repr(exc), exc_info=True)
 
+    def _notified(self, ident: str) -> bool:
+        """Commit that the notification `ident` was sent (the Notifier's thread; True once committed)."""
+        try:
+            result = self.node.propose("notified", op_id=f"notified:{ident}", event=ident)
+        except ProposalError as exc:
+            event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id,
+                  step="notified", cause=str(exc))
+            return False
+        return result["code"] in ("accepted", "noop", "duplicate")
+
     # -- used by the API -----------------------------------------------------------------------
 
     def members(self) -> list[str]:
@@ -163,6 +178,8 @@ class Agent:
         self.operations.stop()
         self.node.stop()
         self.reporter.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         event(log, "agent_stopped", group=self.cfg.group, node=self.cfg.node_id)
 
 

@@ -73,6 +73,7 @@ HISTORY_LIMIT = 200
 REJECTED_LIMIT = 50
 APPLIED_LIMIT = 512
 COMMAND_DEPTH_LIMIT = 12  # nesting allowed in a command; deeper data would break deepcopy/json later
+NOTIFIED_LIMIT = 50  # notification ids remembered: a few per release, so the recent releases' ones
 CHANNEL_FAILED_LIMIT = 20  # versions remembered as rolled back or aborted (the channel skips them)
 
 
@@ -101,6 +102,7 @@ def initial_state(group: str) -> dict[str, Any]:
         "members": {},             # node id -> {address, api_url, status, since}: the group's membership
         "current_artifact": None,  # the artifact of current_version (a joining member installs it)
         "channel": initial_channel(),  # autonomous mode: paused by the operator? versions not to start again
+        "notified": [],            # ids of the webhook notifications sent (notify.py), the newest NOTIFIED_LIMIT
         "seq": 0,
         "history": [],
         "rejected": [],
@@ -611,6 +613,23 @@ def _channel_failed(state: dict[str, Any], version: str) -> None:
     state["channel"] = {**record, "failed": failed[-CHANNEL_FAILED_LIMIT:]}
 
 
+# --- notifications ---------------------------------------------------------------------------
+
+
+def _notified(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A node sent (or gave up sending) the webhook notification `event` (an id such as
+    "2.4#1:group_current"): no leader sends it again. Not fenced by term: it records what
+    happened, whoever did it; not in the history either (it changes no release)."""
+    event = cmd["event"]
+    if not isinstance(event, str) or not 0 < len(event) <= 200:
+        return Outcome("invalid", f"notified: event must be a notification id, got {event!r}")
+    sent = state.get("notified", [])
+    if event in sent:
+        return Outcome("noop", f"{event} was notified before")
+    state["notified"] = [*sent, event][-NOTIFIED_LIMIT:]
+    return Outcome("accepted")
+
+
 # --- membership ------------------------------------------------------------------------------
 
 _MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -902,6 +921,7 @@ _HANDLERS = {
     "lead": _lead,
     "liveness": _liveness,
     "channel": _channel,
+    "notified": _notified,
     "member_add": _member_add,
     "member_ready": _member_ready,
     "member_remove": _member_remove,
