@@ -90,6 +90,12 @@ def _render_status(doc: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.page_url:
+        from .page import PREFIX, page_key
+
+        url, headers, _verify = _client(args)
+        print(f"{url}{PREFIX}/{page_key(headers['Authorization'].split(' ', 1)[1])}")
+        return 0
     doc = _call(args, "GET", "/v1/status")
     print(json.dumps(doc, indent=2) if args.json else _render_status(doc))
     return 0
@@ -399,6 +405,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("status", help="show the group's replicated release state")
+    p.add_argument("--page-url", action="store_true", help="print the URL of the agent's read-only HTML status "
+                   "page (it carries the page key: share it as a read-only credential) and exit")
     _api_args(p)
     p.set_defaults(func=cmd_status)
 
