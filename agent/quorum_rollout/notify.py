@@ -103,8 +103,9 @@ class Notifier:
 
     def offer(self, state: dict[str, Any], now: float) -> None:
         """Queue what `state` makes due (called by the leader on every pass; cheap when nothing is)."""
-        todo = [n for n in due(state, now, self.cfg) if n["id"] not in self._known]
+        found = due(state, now, self.cfg)
         with self._cond:
+            todo = [n for n in found if n["id"] not in self._known]
             if todo or self._uncommitted:
                 for n in todo:
                     self._known.add(n["id"])
