@@ -184,7 +184,7 @@ def summarize(doc: dict[str, Any], now: float) -> dict[str, Any]:
         "group": doc["group"], "version": state.get("current_version"), "leader": doc["node"].get("leader"),
         "members": len(members), "unreachable": sorted(m["id"] for m in members if not m.get("reachable", True)),
         "state": CURRENT if state.get("current_version") else "no_release",
-        "release": None, "target_version": None, "batch": None, "batches": None, "done": 0, "total": 0,
+        "release": None, "previous_version": None, "target_version": None, "batch": None, "batches": None, "done": 0, "total": 0,
         "elapsed": None, "eta": None, "failure": None, "last_event": _last_event(state), "hosts": [],
         "current": release is None and bool(state.get("current_version")),
     }
@@ -208,6 +208,7 @@ def summarize(doc: dict[str, Any], now: float) -> dict[str, Any]:
             eta = max(0.0, (now - since) / done * (total - done))
     row.update(
         state=release["state"], release=release["id"], target_version=release["version"],
+        previous_version=release.get("previous_version"),
         batch=release["batch"] + 1 if release.get("batch") is not None else None,
         batches=len(release.get("batches") or []) or None, done=done, total=total,
         elapsed=round(elapsed, 1) if elapsed is not None else None, eta=round(eta, 1) if eta is not None else None,
@@ -287,7 +288,7 @@ def render(summary: dict[str, Any], *, hosts: bool) -> Any:
         total = g["total"] or 1
         table.add_row(
             g["group"], Text(g["state"], style=_STYLE.get(g["state"], "cyan")),
-            f"{g['release'] or '-'} ({g['version'] or '-'} -> {g['target_version']})" if g["release"]
+            f"{g['release']} ({g['previous_version'] or '-'} -> {g['target_version']})" if g["release"]
             else (g["version"] or "-"),
             ProgressBar(total=total, completed=g["done"], width=20,
                         complete_style="red" if g["state"] in (ROLLING_BACK, ROLLED_BACK) else "green"),

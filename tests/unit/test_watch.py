@@ -30,6 +30,7 @@ def test_a_rolling_release_shows_progress_batch_and_an_eta_from_the_first_batch(
         g.finish_batch()
     row = watch.summarize(doc(g, unreachable=("h05",)), now=opened + 20)
     assert row["state"] == "rolling" and row["release"] == g.rid and row["target_version"] == "2.4"
+    assert row["previous_version"] is None and row["version"] is None  # a group's first release
     assert (row["done"], row["total"], row["batch"], row["batches"]) == (2, 10, 3, 10)
     assert row["eta"] == pytest.approx(20 / 2 * 8, abs=0.1)  # 10 s per host since batch 1 opened
     assert row["elapsed"] == pytest.approx(opened + 20 - g.release["started_at"], abs=0.1)
@@ -42,6 +43,7 @@ def test_a_rollback_counts_reverted_hosts_and_keeps_the_failure():
     g.goto("rolling_back")
     row = watch.summarize(doc(g), now=9000.0)
     assert row["state"] == "rolling_back" and row["failure"]["step"] == "preflight"
+    assert (row["previous_version"], row["target_version"], row["version"]) == ("2.3", "2.4", "2.3")
     assert row["done"] == 0 and row["total"] >= 1 and row["eta"] is None
     while g.release["state"] == "rolling_back":
         for h in fsm_open(g):
