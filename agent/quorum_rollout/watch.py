@@ -184,7 +184,8 @@ def summarize(doc: dict[str, Any], now: float) -> dict[str, Any]:
         "group": doc["group"], "version": state.get("current_version"), "leader": doc["node"].get("leader"),
         "members": len(members), "unreachable": sorted(m["id"] for m in members if not m.get("reachable", True)),
         "state": CURRENT if state.get("current_version") else "no_release",
-        "release": None, "previous_version": None, "target_version": None, "batch": None, "batches": None, "done": 0, "total": 0,
+        "release": None, "previous_version": None, "target_version": None, "batch": None, "batches": None,
+        "done": 0, "total": 0,
         "elapsed": None, "eta": None, "failure": None, "last_event": _last_event(state), "hosts": [],
         "current": release is None and bool(state.get("current_version")),
     }
