@@ -83,6 +83,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "drift": drift(agent),
             "mirrors": artifacts.known_order(agent.cfg.artifacts.mirrors),
             "registry": {k: agent.reporter.status[k] for k in ("ok", "error")},
+            # Webhook notifications (null when notify.url is unset): this node's last send as leader.
+            "notify": dict(agent.notifier.status) if agent.notifier is not None else None,
             # Autonomous mode (null when off): the channel, its interval and this node's last poll as leader.
             "channel": agent.channel.status() if agent.channel is not None else None,
         },

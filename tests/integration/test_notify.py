@@ -63,7 +63,9 @@ def test_the_leader_notifies_each_event_once_signed_and_a_new_leader_resends_not
         last = json.loads(receiver.delivered()[-1]["body"])
         assert last["failure"]["step"].startswith("preflight") and last["sent_by"] == new.id
         assert all(r["path"] == "/hooks/quorum" for r in receiver.requests)
-        state = new.status()["state"]
+        status = new.status()
+        assert status["node"]["notify"] == {"ok": True, "error": None, "last": f"{last['release']}:group_rolled_back"}
+        state = status["state"]
         assert sum(i.endswith((":release_started", ":group_current", ":group_rolled_back"))
                    for i in state["notified"]) == 4
     finally:
