@@ -92,8 +92,9 @@ BASE_VARS = {
         {"name": "port", "type": "tcp", "address": "127.0.0.1:8080"},
     ],
     "quorum_rollout_registry": {"type": "file", "path": "/var/lib/quorum-rollout-registry/group.json"},
-    "quorum_rollout_notify": {"url": "https://hooks.example.com/quorum", "secret_file": "/etc/quorum-rollout/wh.secret",
+    "quorum_rollout_notify": {"url": "https://hooks.example.com/quorum",
                               "events": ["group_current", "group_rolled_back"]},
+    "quorum_rollout_notify_secret": "webhook-secret-0123456789",
     "quorum_rollout_canary": True,
     "quorum_rollout_channel": "stable",
     "quorum_rollout_channel_interval": 30,
@@ -130,7 +131,7 @@ def test_config_template_passes_check_config(tmp_path: Path) -> None:
             assert cfg["artifacts"]["trusted_keys"][0]["public_key"].startswith("3q2+")
             assert cfg["install"]["hooks"] == {"restart": "systemctl restart 'demo app'", "timeout": 60.0}
             assert cfg["api"]["tls_cert"] == "/etc/quorum-rollout/tls/cert.pem"
-            assert cfg["notify"] == BASE_VARS["quorum_rollout_notify"]
+            assert cfg["notify"] == {**BASE_VARS["quorum_rollout_notify"], "secret_file": str(work / "notify.secret")}
             assert cfg["rollout"]["canary"] is True
             assert (cfg["artifacts"]["channel"], cfg["artifacts"]["channel_interval"]) == ("stable", 30.0)
         else:
