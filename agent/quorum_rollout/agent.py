@@ -14,9 +14,9 @@ from . import api, artifacts, fsm, install, signing
 from .channel import ChannelPoller
 from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
-from .group import GroupNode, Node, ProposalError
+from .group import GroupNode, Node
 from .log import bound, event, get_logger
-from .notify import Notifier
+from .notify import Notifier, committer
 from .operations import Operations
 from .registry import Registry
 from .sources import Sources, members_of
@@ -80,7 +80,8 @@ class Agent:
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
         self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
-        self.notifier = Notifier(cfg.notify, cfg.group, cfg.node_id, self._notified) if cfg.notify.url else None
+        self.notifier = Notifier(cfg.notify, cfg.group, cfg.node_id, committer(self.node, cfg.group, cfg.node_id)) \
+            if cfg.notify.url else None
         self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel,
                                        notifier=self.notifier)
         self.worker = Worker(self.node, cfg, self.sources)
@@ -129,16 +130,6 @@ class Agent:
             except Exception as exc:  # a bug must not kill the loop; it is logged with context
                 event(log, f"{name}_error", level="error", group=self.cfg.group, node=self.cfg.node_id,
                       cause=repr(exc), exc_info=True)
-
-    def _notified(self, ident: str) -> bool:
-        """Commit that the notification `ident` was sent (the Notifier's thread; True once committed)."""
-        try:
-            result = self.node.propose("notified", op_id=f"notified:{ident}", event=ident)
-        except ProposalError as exc:
-            event(log, "proposal_failed", level="warning", group=self.cfg.group, node=self.cfg.node_id,
-                  step="notified", cause=str(exc))
-            return False
-        return result["code"] in ("accepted", "noop", "duplicate")
 
     # -- used by the API -----------------------------------------------------------------------
 

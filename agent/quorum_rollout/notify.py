@@ -34,6 +34,7 @@ import requests
 from . import __version__
 from .config import ConfigError, NotifyConfig, read_token
 from .contract import ABORTED, CURRENT, ROLLED_BACK, TERMINAL
+from .group import ProposalError
 from .log import event, get_logger
 from .registry import DeliveryError, deliver, utc_now_iso
 
@@ -79,6 +80,19 @@ def due(state: dict[str, Any], now: float, cfg: NotifyConfig) -> list[dict[str, 
             "failure": failure, "failed_host": (failure or {}).get("host"),
         })
     return out
+
+
+def committer(node: Any, group: str, node_id: str) -> Callable[[str], bool]:
+    """The Notifier's `propose` for a group node: commit `notified` (True once committed or known)."""
+    def propose(ident: str) -> bool:
+        try:
+            result = node.propose("notified", op_id=f"notified:{ident}", event=ident)
+        except ProposalError as exc:
+            event(log, "proposal_failed", level="warning", group=group, node=node_id, step="notified",
+                  cause=str(exc))
+            return False
+        return result["code"] in ("accepted", "noop", "duplicate")
+    return propose
 
 
 class Notifier:
