@@ -1,6 +1,6 @@
 """Webhook notifications: what is due from committed states made by the real state machine
 (test_fsm.Group), the signature, and delivery with retries to a real local HTTP receiver
-(tests/support/webhook.py). Against real agents and a leader change: tests/integration/test_notify.py."""
+(tests/support/webhook.py). Against real agents and a leader change: tests/integration/test_webhooks.py."""
 
 from __future__ import annotations
 

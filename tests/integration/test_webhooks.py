@@ -50,7 +50,10 @@ def test_the_leader_notifies_each_event_once_signed_and_a_new_leader_resends_not
 
         resp = new.post("/v1/releases", {"version": "2.5"})
         assert resp.status_code == 201, resp.text
-        assert fleet.wait_release(("current", "rolled_back"))["state"] == "rolled_back"
+        rid = resp.json()["release"]["id"]
+        ended = wait_for(lambda: (r := new.status()["state"]["release"])["id"] == rid and r["state"] in
+                         ("current", "rolled_back") and r, 120, f"{rid} ends")
+        assert ended["state"] == "rolled_back", ended
         wait_for(lambda: len(events()) >= 4, 60, "two notifications for 2.5")
         assert events() == [("release_started", "2.4"), ("group_current", "2.4"),
                             ("release_started", "2.5"), ("group_rolled_back", "2.5")], events()
