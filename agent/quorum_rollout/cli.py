@@ -412,7 +412,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", help="live view of the releases of a group or of a whole fleet "
                                      "(waits for the next release; --once / --json for scripts)",
-                       description=watch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=watch.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     watch.add_arguments(p)
     p.set_defaults(func=watch.cmd_watch)
 

@@ -31,6 +31,12 @@ from .config import ConfigError, load_config, read_token
 from .contract import CURRENT, ROLLED_BACK, ROLLING_BACK, TERMINAL
 
 EXIT_CURRENT, EXIT_NOT_CURRENT, EXIT_UNREADABLE = 0, 1, 2
+DESCRIPTION = """A live view of the releases of one group or of a whole fleet: a row per group (--hosts: and per
+host) with a progress bar, batch k of n, state, elapsed, ETA and the last event. It waits for the
+next release when none is running and keeps watching until interrupted (--until-done: until no
+release is in progress). Watch the agent of -c, any --url, and the endpoint records site.yml
+writes on the controller (--hosts-file inventory/.quorum-rollout): one request per group and poll.
+Exit codes of --once and --until-done: 0 every group current, 1 one is not, 2 one could not be read."""
 _REVERTED = ("reverted", "revert_failed")
 
 
