@@ -17,6 +17,7 @@ from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode, Node
 from .log import bound, event, get_logger
 from .metrics import AgentMetrics
+from .notify import Notifier, committer
 from .operations import Operations
 from .registry import Registry
 from .sources import Sources, members_of
@@ -61,6 +62,8 @@ class Agent:
         self.secret = read_secret(cfg.raft.secret_file)
         self.token = read_token(cfg.api.token_file)
         self.metrics_token = read_token(cfg.api.metrics_token_file) if cfg.api.metrics_token_file else None
+        if cfg.notify.url:
+            read_token(cfg.notify.secret_file or "")  # refuse to start with a missing or readable webhook secret
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
@@ -80,7 +83,10 @@ class Agent:
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
         self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
-        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel)
+        self.notifier = Notifier(cfg.notify, cfg.group, cfg.node_id, committer(self.node, cfg.group, cfg.node_id)) \
+            if cfg.notify.url else None
+        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel,
+                                       notifier=self.notifier)
         self.worker = Worker(self.node, cfg, self.sources, metrics=self.metrics)
         self.operations = Operations(self.node, group=cfg.group)
         self.server: api.AgentServer | None = None
@@ -176,6 +182,8 @@ class Agent:
         self.operations.stop()
         self.node.stop()
         self.reporter.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         event(log, "agent_stopped", group=self.cfg.group, node=self.cfg.node_id)
 
 

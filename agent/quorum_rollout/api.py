@@ -2,7 +2,8 @@
 
 Every /v1 endpoint and /metrics need `Authorization: Bearer <token>` (the host's API token, or
 for GET /metrics alone the fleet's metrics token, api.metrics_token_file); the peer endpoint
-needs a request MAC made with the group secret instead. Errors are JSON
+needs a request MAC made with the group secret instead; the HTML status page (page.py) its page
+key in the path (or the bearer token). Errors are JSON
 `{"error": "...", "detail": {...}}` with the matching status code.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import artifacts, contract, fsm, metrics, signing
+from . import artifacts, contract, fsm, metrics, page, signing
 from .group import ProposalError
 from .log import event, get_logger
 from .sources import members_of
@@ -84,6 +85,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "drift": drift(agent),
             "mirrors": artifacts.known_order(agent.cfg.artifacts.mirrors),
             "registry": {k: agent.reporter.status[k] for k in ("ok", "error")},
+            # Webhook notifications (null when notify.url is unset): this node's last send as leader.
+            "notify": dict(agent.notifier.status) if agent.notifier is not None else None,
             # Autonomous mode (null when off): the channel, its interval and this node's last poll as leader.
             "channel": agent.channel.status() if agent.channel is not None else None,
         },
@@ -135,6 +138,8 @@ class Request:
 
     def answer(self) -> Reply:
         try:
+            if self.method == "GET" and (self.path == page.PREFIX or self.path.startswith(page.PREFIX + "/")):
+                return self._page()
             self._auth()
             return self._route()
         except ApiError as exc:
@@ -217,6 +222,15 @@ class Request:
         return body
 
     # -- endpoints -----------------------------------------------------------------------------
+
+    def _page(self) -> Reply:
+        """The read-only HTML status page (page.py): its own key in the path, or the bearer token."""
+        if self.path == page.PREFIX:
+            self._auth()
+        elif not hmac.compare_digest(self.path[len(page.PREFIX) + 1:].encode(),
+                                     page.page_key(self.agent.token).encode()):
+            raise ApiError(401, "bad status page key", hint="open the URL `quorum-rollout status --page-url` prints")
+        return Reply(200, page.render(status_document(self.agent), time.time()), "text/html; charset=utf-8")
 
     def _status(self) -> Reply:
         return Reply(200, status_document(self.agent))

@@ -17,9 +17,9 @@ from typing import Any
 
 import requests
 
-from . import __version__, signing
+from . import __version__, signing, watch
 from .config import AgentConfig, ConfigError, load_config, read_token
-from .contract import ACTIONS, CURRENT, TERMINAL
+from .contract import ACTIONS
 from .log import setup_logging
 
 # --------------------------------------------------------------------------------------------
@@ -93,27 +93,15 @@ def _render_status(doc: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.page_url:
+        from .page import PREFIX, page_key
+
+        url, headers, _verify = _client(args)
+        print(f"{url}{PREFIX}/{page_key(headers['Authorization'].split(' ', 1)[1])}")
+        return 0
     doc = _call(args, "GET", "/v1/status")
     print(json.dumps(doc, indent=2) if args.json else _render_status(doc))
     return 0
-
-
-def cmd_watch(args: argparse.Namespace) -> int:
-    """Redraw the status whenever it changes until the release is terminal (exit 1 unless current)."""
-    last = None
-    deadline = time.monotonic() + args.max_wait
-    while time.monotonic() < deadline:
-        doc = _call(args, "GET", "/v1/status")
-        release = doc["state"]["release"]
-        text = json.dumps(doc) if args.json else _render_status(doc)
-        if text != last:
-            print(text + ("" if args.json else "\n"), flush=True)
-            last = text
-        if not release or release["state"] in TERMINAL:
-            return 0 if not release or release["state"] == CURRENT else 1
-        time.sleep(args.interval)
-    print(f"error: release not terminal after {args.max_wait:g}s", file=sys.stderr)
-    return 2
 
 
 def _submit(args: argparse.Namespace, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -439,14 +427,16 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("status", help="show the group's replicated release state")
+    p.add_argument("--page-url", action="store_true", help="print the URL of the agent's read-only HTML status "
+                   "page (it carries the page key: share it as a read-only credential) and exit")
     _api_args(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("watch", help="follow the group's release until it is current or rolled back")
-    p.add_argument("--interval", type=float, default=1.0)
-    p.add_argument("--max-wait", type=float, default=3600.0)
-    _api_args(p)
-    p.set_defaults(func=cmd_watch)
+    p = sub.add_parser("watch", help="live view of the releases of a group or of a whole fleet "
+                                     "(waits for the next release; --once / --json for scripts)",
+                       description=watch.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    watch.add_arguments(p)
+    p.set_defaults(func=watch.cmd_watch)
 
     p = sub.add_parser("release", help="start a release of VERSION in the group")
     p.add_argument("version")

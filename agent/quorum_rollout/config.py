@@ -35,6 +35,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CHECK_FIELDS = {"command": ("command",), "http": ("url", "expect_status", "expect_body"), "tcp": ("address",)}
 CHECK_TYPES = tuple(CHECK_FIELDS)
 REGISTRY_TYPES = ("none", "file", "http")
+# The webhook notifications the leader sends (notify.py), each once per release.
+NOTIFY_EVENTS = ("release_started", "group_current", "group_rolled_back", "release_aborted", "release_stuck")
 # The leader commits a release's manifest in one Raft entry, and a replication frame holds up to
 # one batch (64 KiB) plus one entry: this keeps the largest frame well under transport.MAX_FRAME.
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -177,6 +179,16 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    url: str | None = None
+    secret_file: str | None = None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    stuck_after: float = 3600.0
+    timeout: float = 5.0
+    retries: int = 8
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_id: str
     group: str
@@ -188,6 +200,7 @@ class AgentConfig:
     checks: tuple[Check, ...] = ()
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     log_level: str = "info"
     source: str = ""
 
@@ -556,6 +569,28 @@ def _registry(top: _Section) -> RegistryConfig:
     )
 
 
+def _notify(top: _Section) -> NotifyConfig:
+    s = top.sub("notify", top.get("notify", dict, {}), _fields(NotifyConfig))
+    url = s.url("url", None)
+    if url is None and any(s.data.get(k) is not None for k in ("secret_file", "events", "stuck_after")):
+        s.fail("url", "is required when notifications are configured", "set notify.url to the webhook URL, "
+               "or remove the notify section")
+    if url is not None and s.data.get("secret_file") is None:
+        s.fail("secret_file", "is required with notify.url: every notification is signed (X-Quorum-Signature)",
+               "write a random secret the receiver also holds, e.g. openssl rand -hex 32 > FILE (mode 0600), "
+               "and set notify.secret_file to its path")
+    events, count = s.indexed("events")
+    chosen = tuple(events.choice(i, NOTIFY_EVENTS) for i in range(count)) if "events" in s.data \
+        else NotifyConfig.events
+    return NotifyConfig(
+        url=url, secret_file=s.abspath("secret_file", None), events=chosen,
+        stuck_after=s.number("stuck_after", float, NotifyConfig.stuck_after, 0, strict=True,
+                             fix="use seconds after its start when a release still under way counts as stuck"),
+        timeout=s.number("timeout", float, NotifyConfig.timeout, 0, strict=True),
+        retries=s.number("retries", int, NotifyConfig.retries, 1, fix="use the number of attempts, 1 or more"),
+    )
+
+
 def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
     """Validate already-parsed config data (a dict) and build the `AgentConfig`."""
     if data is None:
@@ -587,7 +622,8 @@ def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
     return AgentConfig(
         node_id=node_id, group=group, data_dir=data_dir, raft=raft, api=api, artifacts=artifacts,
         install=install, checks=tuple(checks), rollout=rollout,
-        registry=_registry(top), log_level=top.choice("log_level", LOG_LEVELS, AgentConfig.log_level), source=source,
+        registry=_registry(top), notify=_notify(top),
+        log_level=top.choice("log_level", LOG_LEVELS, AgentConfig.log_level), source=source,
     )
 
 

@@ -134,8 +134,9 @@ _LONG_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify"}
 class Coordinator:
     def __init__(self, node: Node, cfg: AgentConfig, sources: Sources, reporter: RegistryReporter, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 channel: Any = None) -> None:
+                 channel: Any = None, notifier: Any = None) -> None:
         self.node = node
+        self.notifier = notifier  # notify.Notifier when notify.url is set: offered the state while leading
         self.channel = channel  # channel.ChannelPoller in autonomous mode: ticked while leading, never waited on
         self.cfg = cfg
         self.sources = sources
@@ -155,6 +156,8 @@ class Coordinator:
         if not self.node.is_leader():
             if self._term is not None:
                 self._runner.cancel()
+                if self.notifier is not None:
+                    self.notifier.reset()
                 self._term, self._since, self._contact, self._reported = None, None, {}, None
             return
         term = self.node.current_term()
@@ -171,6 +174,8 @@ class Coordinator:
         if newest > term:
             return  # a newer leader announced itself: this node is about to learn it lost its term
         self._report_registry(state)
+        if self.notifier is not None:
+            self.notifier.offer(state, self._wall())  # returns at once: delivery runs in its own thread
         self._watch_members(state, term)
         self._reconcile_cluster(state, term)
         if self.channel is not None:

@@ -222,7 +222,11 @@ def test_api_rejects_unauthenticated_and_malformed_requests(make_fleet):
 
 
 def test_cli_release_watch_status(make_fleet):
-    """The operator's CLI against a real group: release, watch until current, status table and JSON."""
+    """The operator's CLI against a real group: `watch` started before the release waits for it and
+    shows it; release; watch until done; `watch --once --json` over several URLs and the controller's
+    endpoint records; status table and JSON."""
+    import os
+    import signal
     import subprocess
 
     from tests.support.fleet import CLI
@@ -234,13 +238,56 @@ def test_cli_release_watch_status(make_fleet):
     fleet.start()
     cfg = str(fleet.hosts[1].config_path)
 
-    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args, "-c", cfg], capture_output=True, text=True, env=fleet.env,
-                              timeout=180, check=check)
+    def cli(*args: str, check: bool = True, config: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args, *(["-c", cfg] if config else [])], capture_output=True, text=True,
+                              env=fleet.env, timeout=180, check=check)
 
-    assert "started" in cli("release", "2.4").stdout
-    watched = cli("watch", "--interval", "0.2")
-    assert "state current" in watched.stdout
+    # Started before any release, `watch` keeps waiting and shows the release once it starts.
+    out_path = fleet.base / "watch.out"
+    with open(out_path, "wb") as out:
+        watcher = subprocess.Popen([*CLI, "watch", "--hosts", "--interval", "0.2", "-c", cfg], stdout=out,
+                                   stderr=subprocess.STDOUT, env=fleet.env, start_new_session=True)
+    fleet.pids.add(watcher.pid)
+    try:
+        wait_for(lambda: "no_release" in out_path.read_text(), 30, "watch shows the group before the release")
+        assert watcher.poll() is None, out_path.read_text()
+        assert "started" in cli("release", "2.4").stdout
+        wait_for(lambda: "2.4#1" in out_path.read_text(), 30, "watch shows the release")
+        wait_for(lambda: "current" in out_path.read_text().split("2.4#1", 1)[1], 60, "watch shows it current")
+        assert watcher.poll() is None, "watch must keep running after the release ends"
+        shown = out_path.read_text()
+        assert all(h.id in shown for h in fleet.hosts) and "3/3" in shown, shown
+    finally:
+        os.killpg(watcher.pid, signal.SIGTERM)
+        watcher.wait(timeout=10)
+
+    watched = cli("watch", "--until-done", "--interval", "0.2")
+    assert watched.returncode == 0 and "current" in watched.stdout
+
+    # Several URLs of one group are one row; the controller's endpoint records (hosts/<host>.json,
+    # as site.yml writes them) name their group, so one answering host per group is enough.
+    urls = [a for h in fleet.hosts for a in ("--url", h.api_url)]
+    doc = json.loads(cli("watch", "--once", "--json", *urls, "--token-file", str(fleet.token_file),
+                         config=False).stdout)
+    assert doc["groups"][0]["last_event"]["text"] == "all 3 hosts run 2.4"
+    hosts_dir = fleet.base / "controller" / "hosts"
+    hosts_dir.mkdir(parents=True)
+    for h in fleet.hosts:
+        (hosts_dir / f"{h.id}.json").write_text(json.dumps({
+            "host": h.id, "node_id": h.id, "group": fleet.group, "api_url": h.api_url,
+            "api_token_file": str(fleet.token_file)}))
+    fleet.hosts[0].kill()  # the first record does not answer: the next host of the group does
+    by_records = cli("watch", "--once", "--json", "--hosts-file", str(fleet.base / "controller"), config=False)
+    assert by_records.returncode == 0, by_records.stdout + by_records.stderr
+    for doc in (doc, json.loads(by_records.stdout)):
+        assert doc["all_current"] is True and doc["errors"] == []
+        [group] = doc["groups"]
+        assert group["group"] == fleet.group and group["state"] == "current" and group["version"] == "2.4"
+        assert group["release"] == "2.4#1" and group["done"] == group["total"] == 3
+        assert group["batch"] == group["batches"] == 3 and group["elapsed"] > 0 and group["eta"] is None
+        assert group["last_event"]["text"]  # after the kill below, a new leader's announcement may be the last
+        assert {h["id"]: h["status"] for h in group["hosts"]} == {h.id: "updated" for h in fleet.hosts}
+
     table = cli("status").stdout
     assert "group runs 2.4" in table and all(h.id in table for h in fleet.hosts)
     doc = json.loads(cli("status", "--json").stdout)

@@ -507,7 +507,7 @@ def test_docs_example_is_valid_and_every_field_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_.\[\]]+)`", text, re.MULTILINE))
 
     sections = {"raft": C.RaftConfig, "api": C.ApiConfig, "artifacts": C.ArtifactsConfig, "install": C.InstallConfig,
-                "rollout": C.RolloutConfig, "registry": C.RegistryConfig, "hooks": C.Hooks}
+                "rollout": C.RolloutConfig, "registry": C.RegistryConfig, "notify": C.NotifyConfig, "hooks": C.Hooks}
     items = {"peers": C.Peer, "trusted_keys": C.TrustedKey, "checks": C.Check,
              "maintenance_windows": C.MaintenanceWindow}
 
@@ -530,7 +530,7 @@ def test_docs_defaults_are_the_defaults_the_parser_uses() -> None:
     """Each default is written once (the dataclass field; the parser reads it from there): the
     docs' default column must say the same, and "required" / "none" must be true as well."""
     sections = {"raft": C.RaftConfig, "api": C.ApiConfig, "artifacts": C.ArtifactsConfig, "install": C.InstallConfig,
-                "hooks": C.Hooks, "rollout": C.RolloutConfig, "registry": C.RegistryConfig,
+                "hooks": C.Hooks, "rollout": C.RolloutConfig, "registry": C.RegistryConfig, "notify": C.NotifyConfig,
                 "peers[]": C.Peer, "trusted_keys[]": C.TrustedKey, "checks[]": C.Check,
                 "maintenance_windows[]": C.MaintenanceWindow}
     checked = 0

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from quorum_rollout import artifacts, fsm, signing
 from quorum_rollout import coordinator as coordinator_module
-from quorum_rollout.config import RegistryConfig, RolloutConfig
+from quorum_rollout.config import NotifyConfig, RegistryConfig, RolloutConfig
 from quorum_rollout.coordinator import Coordinator, RegistryReporter
 from quorum_rollout.group import GroupNode, Node
+from quorum_rollout.notify import Notifier, committer
 from quorum_rollout.registry import Registry
 from quorum_rollout.sources import Sources
 
@@ -55,6 +56,8 @@ class Harness:
         self.rollout = RolloutConfig(batch_fraction=0.25, step_deadline=step_deadline, member_timeout=10.0)
         self.coordinators: dict[str, Coordinator] = {}
         self.reporters: list[RegistryReporter] = []
+        self.notify: NotifyConfig | None = None  # set before the first coordinator: each gets a Notifier
+        self.notifiers: dict[str, Notifier] = {}
         self.committed = threading.Event()
         self.group.on_commit.append(self.committed.set)
         self.now: float | None = None  # the leaders' wall clock when set (maintenance windows)
@@ -67,8 +70,12 @@ class Harness:
             registry = RegistryConfig(type="file", path=str(self.tmp / member / "registry.json"))
             reporter = RegistryReporter(Registry(registry), GROUP)
             self.reporters.append(reporter)
-            self.coordinators[member] = Coordinator(self.group.nodes[member], cfg, sources, reporter,
-                                                    clock=self.clock, wall=self.wall)
+            node = self.group.nodes[member]
+            if self.notify is not None:
+                self.notifiers[member] = Notifier(self.notify, GROUP, member, committer(node, GROUP, member),
+                                                  backoff=0.01)
+            self.coordinators[member] = Coordinator(node, cfg, sources, reporter, clock=self.clock, wall=self.wall,
+                                                    notifier=self.notifiers.get(member))
         return self.coordinators[member]
 
     def lead(self, member: str = "h1") -> int:
@@ -122,6 +129,8 @@ class Harness:
     def stop(self) -> None:
         for reporter in self.reporters:
             reporter.stop()
+        for notifier in self.notifiers.values():
+            notifier.stop()
         for coordinator in self.coordinators.values():
             coordinator._runner.cancel()
 
@@ -608,3 +617,26 @@ def test_no_batch_opens_outside_the_releases_window(harness: Harness) -> None:
     assert harness.release["batch"] == 1 and harness.release["hold"]["until"] == opens + 86400
     harness.now = opens + 86400.0
     harness.settle(lambda: harness.release["batch"] == 2, "h3")
+def test_notifications_are_sent_once_by_the_leader_and_a_new_leader_sends_none_again(harness: Harness,
+                                                                                      tmp_path: Path) -> None:
+    """The leader notifies from committed state and commits `notified`; a new leader derives the same
+    notifications from the same state, finds them notified and queues nothing (a real local receiver)."""
+    from tests.support.webhook import Receiver
+
+    receiver = Receiver()
+    secret = tmp_path / "webhook.secret"
+    secret.write_text("0123456789abcdef0123")
+    secret.chmod(0o600)
+    harness.notify = NotifyConfig(url=receiver.url, secret_file=str(secret), events=("release_started",))
+    try:
+        harness.lead("h1")
+        harness.start()
+        started = f"{harness.release['id']}:release_started"
+        harness.settle(lambda: started in harness.group.state["notified"], "h1")
+        assert [r["headers"]["X-Quorum-Delivery"] for r in receiver.requests] == [started]
+        harness.lead("h2")
+        harness.coordinator("h2").step()
+        assert harness.notifiers["h2"]._known == set() and harness.notifiers["h2"]._queue == []
+        assert len(receiver.requests) == 1
+    finally:
+        receiver.close()
