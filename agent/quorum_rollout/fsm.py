@@ -92,6 +92,7 @@ HISTORY_LIMIT = 200
 REJECTED_LIMIT = 50
 APPLIED_LIMIT = 512
 COMMAND_DEPTH_LIMIT = 12  # nesting allowed in a command; deeper data would break deepcopy/json later
+NOTIFIED_LIMIT = 50  # notification ids remembered: a few per release, so the recent releases' ones
 CHANNEL_FAILED_LIMIT = 20  # versions remembered as rolled back or aborted (the channel skips them)
 
 
@@ -120,6 +121,7 @@ def initial_state(group: str) -> dict[str, Any]:
         "members": {},             # node id -> {address, api_url, status, since}: the group's membership
         "current_artifact": None,  # the artifact of current_version (a joining member installs it)
         "channel": initial_channel(),  # autonomous mode: paused by the operator? versions not to start again
+        "notified": [],            # ids of the webhook notifications sent (notify.py), the newest NOTIFIED_LIMIT
         "seq": 0,
         "history": [],
         "rejected": [],
@@ -606,10 +608,16 @@ def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
 
 
 def _gate(state: dict[str, Any], cmd: dict[str, Any], op: str) -> tuple[dict[str, Any] | None, Outcome | None]:
-    """The release between two batches, for a leader's `recheck` / `next_batch`."""
-    release, refused = _leader_release(state, cmd, (ROLLING,), f"{op}: release not rolling")
-    if release is None:
-        return None, refused
+    """The release between two batches, for a leader's `recheck` / `next_batch`. Not fenced yet:
+    the caller fences (`_fence`) once it knows the command changes something, so a noop or a
+    conflict leaves the release as it was."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != ROLLING:
+        return None, Outcome("invalid", f"{op}: release not rolling")
+    newest = max(state.get("leader_term", 0), release["term"])
+    if _term(cmd) < newest:
+        return None, Outcome("invalid", f"stale leader command from term {_term(cmd)} < {newest} "
+                                        "(a newer leader took over)")
     if not release.get("gate"):
         return None, Outcome("invalid", f"{op}: no batch is waiting to open")
     return release, None
@@ -642,6 +650,7 @@ def _recheck(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     gate = release["gate"]
     if gate["recheck"] is not None:
         return Outcome("noop", "re-checks already asked for")
+    _fence(state, cmd, release)
     hosts = [h for b in release["batches"][:release["batch"] + 1] for h in b
              if release["hosts"][h]["status"] == UPDATED]
     gate["recheck"] = {h: None for h in hosts}
@@ -662,6 +671,7 @@ def _next_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         return Outcome("conflict", "next_batch: the updated hosts have not all been re-checked")
     if any(e["status"] == REVERT for e in release["hosts"].values()):
         return Outcome("conflict", "next_batch: a host is still reverting alone")
+    _fence(state, cmd, release)
     release["gate"], release["hold"] = None, None
     release["batch"] += 1
     release["step_started_at"] = cmd.get("time")
@@ -753,6 +763,23 @@ def _channel_failed(state: dict[str, Any], version: str) -> None:
     record = channel_record(state)
     failed = [v for v in record["failed"] if v != version] + [version]
     state["channel"] = {**record, "failed": failed[-CHANNEL_FAILED_LIMIT:]}
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+
+def _notified(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A node sent (or gave up sending) the webhook notification `event` (an id such as
+    "2.4#1:group_current"): no leader sends it again. Not fenced by term: it records what
+    happened, whoever did it; not in the history either (it changes no release)."""
+    event = cmd["event"]
+    if not isinstance(event, str) or not 0 < len(event) <= 200:
+        return Outcome("invalid", f"notified: event must be a notification id, got {event!r}")
+    sent = state.get("notified", [])
+    if event in sent:
+        return Outcome("noop", f"{event} was notified before")
+    state["notified"] = [*sent, event][-NOTIFIED_LIMIT:]
+    return Outcome("accepted")
 
 
 # --- membership ------------------------------------------------------------------------------
@@ -1100,6 +1127,7 @@ _HANDLERS = {
     "lead": _lead,
     "liveness": _liveness,
     "channel": _channel,
+    "notified": _notified,
     "member_add": _member_add,
     "member_ready": _member_ready,
     "member_remove": _member_remove,
