@@ -37,9 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-import pyfastcdc
 import requests
-import zstandard
 
 from quorum_rollout import artifacts
 from quorum_rollout.signing import ChunksRef, HashMismatch, Manifest, TrustError
@@ -157,6 +155,8 @@ def index_bytes(index: Index) -> bytes:
 
 def cut(f: BinaryIO) -> Iterator[tuple[int, memoryview]]:
     """(offset, data) of each content-defined chunk of `f`, in order; `data` is valid until the next."""
+    import pyfastcdc  # here, not at import: agents that never chunk do not load it
+
     cdc = pyfastcdc.FastCDC(CHUNKER["avg"], min_size=CHUNKER["min"], max_size=CHUNKER["max"])
     for chunk in cdc.cut_stream(f):
         yield chunk.offset, chunk.data
@@ -189,6 +189,8 @@ def chunk_url(mirror: str, name: str, digest: str) -> str:
 def publish(path: str | Path, name_dir: str | Path, version: str) -> tuple[Index, ChunksRef]:
     """Publisher: chunk `path` into `<name_dir>/chunks/` (a chunk already there is kept: chunks are
     named by content) and write the index to `<name_dir>/<version>/<file>.chunks.json`."""
+    import zstandard
+
     cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
 
     def store(digest: str, data: memoryview) -> None:
@@ -291,6 +293,8 @@ class Fetched:
 
 
 def _decompress(url: str, raw: bytes, digest: str, size: int, what: str) -> bytes:
+    import zstandard  # here, not at import: agents that never fetch a delta do not load it
+
     try:
         with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
             data = reader.read(size + 1)
