@@ -9,22 +9,15 @@ from __future__ import annotations
 import json
 import re
 
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-
-# Keys of a role's argument_specs option that say nothing about the value (documentation only).
-_DOC_KEYS = ("description", "version_added", "short_description", "seealso", "notes")
-# ArgumentSpecValidator appends the Python class of the value, which says nothing to a user.
+# The variable an error message of ansible.builtin.validate_argument_spec is about.
+_NAME = (re.compile(r"^argument '([^']+)'"), re.compile(r"option '([^']+)'"), re.compile(r"^value of (\S+) must be one of"))
+# The checks that message repeats, which the line says in its own words (the type, the choices).
+_SAID = (re.compile(r"^argument '[^']+' is of type"), re.compile(r"^value of \S+ must be one of"))
+# The Python class of the value, which says nothing to a user.
 _CLASS_NOISE = re.compile(r":\s*<class '[^']*'>.*$", re.DOTALL)
 _ARTICLE = {"int": "an integer", "float": "a float", "bool": "a boolean (true or false)", "str": "a string",
             "path": "a path", "list": "a list", "dict": "a mapping", "raw": "any value"}
-
-
-def _validation_spec(option):
-    """The option without its documentation keys (and those of its suboptions)."""
-    spec = dict((k, v) for k, v in option.items() if k not in _DOC_KEYS)
-    if isinstance(spec.get("options"), dict):
-        spec["options"] = dict((name, _validation_spec(sub)) for name, sub in spec["options"].items())
-    return spec
+_MISSING = object()
 
 
 def _expected(option):
@@ -45,32 +38,65 @@ def _shown(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def argument_errors(values, options):
-    """One short message per variable of `values` whose value does not fit its option in `options` (a role's
-    argument_specs entry point options): 'NAME must be EXPECTED, got VALUE (for example NAME=DEFAULT)'.
-    Variables `options` does not describe are left alone (the unknown_variables filter names those)."""
-    errors = []
-    for name in sorted(values):
-        option = options.get(name)
+def _name_of(error):
+    for pattern in _NAME:
+        found = pattern.search(error)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _lines(errors, options, variables):
+    """The errors of one host, one line per variable."""
+    details = {}
+    for error in errors:
+        name = _name_of(error)
+        details.setdefault(name, [])
+        if name is None or not any(p.search(error) for p in _SAID):
+            detail = _CLASS_NOISE.sub("", error)
+            details[name].append(detail if len(detail) <= 160 else detail[:157] + "...")
+    lines = []
+    for name in sorted(details, key=lambda n: (n is None, n or "")):
+        option = options.get(name) if name is not None else None
         if not isinstance(option, dict):
+            lines.extend(details[name])
             continue
-        spec = _validation_spec(option)
-        spec.pop("required", None)  # only values that are set are checked here
-        result = ArgumentSpecValidator({name: spec}).validate({name: values[name]})
-        if not result.error_messages:
-            continue
-        message = "%s must be %s, got %s" % (name, _expected(option), _shown(values[name]))
-        # The type and the choices are said above; other details (list elements, suboptions) are kept, short.
-        details = [_CLASS_NOISE.sub("", m) for m in result.error_messages
-                   if not m.startswith(("argument '%s' is of type" % name, "value of %s must be one of" % name))]
-        details = [d if len(d) <= 160 else d[:157] + "..." for d in details]
-        if details:
-            message += " (%s)" % "; ".join(details)
+        try:
+            value = variables[name]
+        except (KeyError, TypeError):
+            value = _MISSING
+        line = "%s must be %s" % (name, _expected(option))
+        if value is not _MISSING:
+            line += ", got %s" % _shown(value)
+        if details[name]:
+            line += " (%s)" % "; ".join(details[name])
         default = option.get("default")
         if default not in (None, "", [], {}):
-            message += "; for example %s=%s, the default" % (name, _shown(default))
-        errors.append(message)
-    return errors
+            line += "; for example %s=%s, the default" % (name, _shown(default))
+        lines.append(line)
+    return lines
+
+
+def argument_errors(hosts, options, result, total=None):
+    """One line per bad variable, naming the hosts it is bad on, from each host's registered result of
+    ansible.builtin.validate_argument_spec. `hosts` maps a host name to its variables (hostvars), `result`
+    is the name of the registered result, `options` the entry point's options and `total` the number of
+    hosts in the play ("on all N hosts")."""
+    on = {}
+    for host in hosts:
+        variables = hosts[host]
+        errors = (variables.get(result) or {}).get("argument_errors") or []
+        for line in _lines(errors, options, variables):
+            on.setdefault(line, []).append(host)
+    out = []
+    for line in sorted(on):
+        names = on[line]
+        if total is not None and len(names) == total > 1:
+            where = "all %d hosts" % total
+        else:
+            where = ", ".join(names[:5]) + (" and %d more" % (len(names) - 5) if len(names) > 5 else "")
+        out.append("%s (on %s)." % (line, where))
+    return out
 
 
 class FilterModule:
