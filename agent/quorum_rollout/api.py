@@ -474,4 +474,3 @@ def serve(agent: Agent) -> AgentServer:
                          node=agent.cfg.node_id)
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     return server
-

@@ -283,6 +283,8 @@ def yield_cpu() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
     except OSError:  # not permitted
         pass
+
+
 # Store files whose sha256 this process computed: resolved path -> (digest, _identity at the time).
 _hashed: dict[str, tuple[str, tuple[int, int, int, int]]] = {}
 

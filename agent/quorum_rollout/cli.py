@@ -137,7 +137,7 @@ def _outcome_line(what: str, doc: dict[str, Any], outcome: str) -> str:
 
 def cmd_release(args: argparse.Namespace) -> int:
     doc, outcome = _submit(args, "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade,
-                                                   "allow_unreachable": args.allow_unreachable})
+                                                  "allow_unreachable": args.allow_unreachable})
     print(json.dumps(doc, indent=2) if args.json else _outcome_line(f"release {args.version}", doc, outcome))
     return {"committed": 0, "rejected": 1}.get(outcome, 3)
 

@@ -24,6 +24,7 @@ from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.worker")
 
+
 class StepFailed(Exception):
     def __init__(self, step: str, reason: str) -> None:
         super().__init__(f"{step}: {reason}")
