@@ -6,16 +6,16 @@
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleFilterError
-
 from ansible_collections.quorum.rollout.plugins.module_utils.waves import WavePlanError, plan
 
 
 def rollout_plan(groups, waves=None, max_parallel=None):
+    """The plan with ``error: null``, or only ``error`` (the message) for bad input: the playbook fails with that
+    one line in an assert, not with a filter traceback-like chain of template errors."""
     try:
-        return plan(groups, waves, max_parallel)
+        return dict(plan(groups, waves, max_parallel), error=None)
     except WavePlanError as exc:
-        raise AnsibleFilterError(str(exc))
+        return {"error": str(exc)}
 
 
 class FilterModule:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import pytest
-from ansible.errors import AnsibleFilterError
 from ansible.plugins.loader import filter_loader
 
 from ansible_collections.quorum.rollout.plugins.module_utils.waves import WavePlanError, plan
@@ -105,8 +104,8 @@ def test_a_bad_max_parallel_is_refused_naming_the_variable(value):
         plan(GROUPS, None, value)
 
 
-def test_the_filter_plans_the_same_and_fails_as_an_ansible_error():
+def test_the_filter_plans_the_same_and_returns_the_error_for_bad_input():
     rollout_plan = filter_loader.get("quorum.rollout.rollout_plan").j2_function
-    assert rollout_plan(GROUPS, [["amd-*"], ["*"]], 1) == plan(GROUPS, [["amd-*"], ["*"]], 1)
-    with pytest.raises(AnsibleFilterError, match="rollout_max_parallel_groups must be"):
-        rollout_plan(GROUPS, None, 0)
+    assert rollout_plan(GROUPS, [["amd-*"], ["*"]], 1) == dict(plan(GROUPS, [["amd-*"], ["*"]], 1), error=None)
+    bad = rollout_plan(GROUPS, None, 0)
+    assert list(bad) == ["error"] and bad["error"].startswith("rollout_max_parallel_groups must be a whole number")
