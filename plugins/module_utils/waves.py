@@ -43,8 +43,9 @@ def parse_waves(value):
         try:
             value = json.loads(value)
         except ValueError:
-            raise WavePlanError("%s must be a list of lists of group-name patterns in JSON, for example %s (got %r)"
-                                % (WAVES_VAR, WAVES_EXAMPLE, value))
+            raise WavePlanError("%s must be a list of lists of group-name patterns in JSON, for example %s (got %r; "
+                                "-e key=value ends the value at the first space: write it without spaces, or "
+                                "as -e '{\"%s\": [[\"amd-*\"], [\"*\"]]}')" % (WAVES_VAR, WAVES_EXAMPLE, value, WAVES_VAR))
     if not isinstance(value, (list, tuple)) or not value:
         raise WavePlanError("%s must be a non-empty list of waves, each a list of group-name patterns, for example "
                             "%s (got %r)" % (WAVES_VAR, WAVES_EXAMPLE, value))

@@ -277,7 +277,7 @@ def test_waves_go_in_order_and_a_rollback_stops_the_later_waves(fleet: LocalFlee
     """rollout_waves: intel-* (one group at a time), then amd-eu1a, then the rest. 2.7 is broken on AMD:
     amd-eu1a rolls back in wave 2, so wave 3 (amd-eu1b) is not started and the run fails saying so."""
     _ok(fleet.publish("2.7", broken_on=("amd",)), "publish 2.7")
-    waves = '[["intel-*"], ["amd-eu1a"], ["*"]]'
+    waves = '[["intel-*"],["amd-eu1a"],["*"]]'  # no spaces: -e key=value ends the value at the first one
     before = {h.name: h.current() for h in fleet.hosts}
 
     # --check predicts every group with its wave and sends nothing (the runs end at once: nothing waits).
@@ -291,7 +291,7 @@ def test_waves_go_in_order_and_a_rollback_stops_the_later_waves(fleet: LocalFlee
     _ok(fleet.playbook("playbooks/status.yml", "--check", log="status-check"), "status.yml --check")
 
     # A pattern that matches no group: one clear error before anything is sent.
-    bad = fleet.playbook("release.yml", "-e", "version=2.7", "-e", 'rollout_waves=[["arm64-*"], ["*"]]',
+    bad = fleet.playbook("release.yml", "-e", "version=2.7", "-e", 'rollout_waves=[["arm64-*"],["*"]]',
                          log="release-2.7-bad-waves")
     assert bad.returncode != 0
     assert "rollout_waves: pattern 'arm64-*' of wave 1 matches no group; the groups are: amd-eu1a, amd-eu1b," in (

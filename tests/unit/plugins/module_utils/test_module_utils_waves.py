@@ -65,6 +65,13 @@ def test_waves_given_as_json_text_as_minus_e_key_value_passes_them():
     assert plan(GROUPS, '[["amd-*"], ["*"]]') == plan(GROUPS, [["amd-*"], ["*"]])
 
 
+def test_waves_cut_at_a_space_by_minus_e_key_value_say_how_to_write_them():
+    with pytest.raises(WavePlanError) as caught:
+        plan(GROUPS, '[["amd-*"],')
+    assert "-e key=value ends the value at the first space: write it without spaces, or as -e " \
+           "'{\"rollout_waves\": [[\"amd-*\"], [\"*\"]]}'" in str(caught.value)
+
+
 @pytest.mark.parametrize("waves, message", [
     ('[["amd-*"], ["*"]', "rollout_waves must be a list of lists of group-name patterns in JSON"),
     ("amd-*", "rollout_waves must be a list of lists of group-name patterns in JSON"),
