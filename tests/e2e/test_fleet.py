@@ -155,18 +155,22 @@ def test_release_24_reaches_every_group(fleet: LocalFleet) -> None:
 
 
 def test_release_check_mode_predicts_per_group_and_returns_at_once(fleet: LocalFleet) -> None:
-    """--check sends nothing and waits for nothing: each group's line is the prediction."""
-    out = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.5", "-e", "rollout_timeout=600",
-                             log="release-2.5-check"), "release.yml --check -e version=2.5")
+    """--check sends nothing and waits for nothing: each group's line is the prediction (with waves, every
+    wave is predicted, each line naming its group's wave); status.yml --check reads and changes nothing."""
+    out = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.5", "-e", "rollout_timeout=600", "-e",
+                             'rollout_waves=[["amd-eu1a"],["intel-*"],["*"]]', log="release-2.5-check"),
+              "release.yml --check -e version=2.5")
     lines = _lines_of_last_debug(out)
     assert len(lines) == 4, lines
+    waves = {"amd-eu1a": 1, "amd-eu1b": 3, "intel-eu1a": 2, "intel-eu1b": 2}
     for group, line in zip(sorted(fleet.groups), lines):
         assert line.split()[:3] == [group, "check", "2.5"] and "would start release 2.5" in line, line
-        assert "nothing sent" in line, line
+        assert "nothing sent" in line and line.endswith(f"| wave {waves[group]} of 3"), line
     again = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.4", log="release-2.4-check"),
                 "release.yml --check -e version=2.4")
     assert all("no change" in line for line in _lines_of_last_debug(again)), _lines_of_last_debug(again)
-    status = _lines_of_last_debug(_ok(fleet.playbook("playbooks/status.yml", log="status-after-check"), "status.yml"))
+    status = _lines_of_last_debug(_ok(fleet.playbook("playbooks/status.yml", "--check", log="status-after-check"),
+                                      "status.yml --check"))
     assert len(status) == 4 and all(re.search(r"runs 2\.4\s+release 2\.4\s+current", line) for line in status), status
     assert {h.current() for h in fleet.hosts} == {"2.4"}
 
@@ -213,18 +217,28 @@ def test_status_module_and_lookup_agree(fleet: LocalFleet) -> None:
             assert re.search(r"runs 2\.5\s+release 2\.5\s+current", line), line
 
 
-def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
-    """Start 2.6 in one group behind Ansible's back; release.yml for 2.6 attaches (no new start) and waits."""
-    archive = fleet.base / "build" / "demo-app-2.6.tar.gz"
-    build = fleet.base / "build" / "2.6"
+def _sign_release(fleet: LocalFleet, version: str, broken_on: tuple[str, ...] = ()) -> None:
+    """Build the demo app's release `version` and sign it onto the mirror with the CLI: what publish.yml
+    does, in a second rather than a whole playbook run. `broken_on`: CPU kinds whose /health answers 500."""
+    archive = fleet.base / "build" / f"demo-app-{version}.tar.gz"
+    build = fleet.base / "build" / version
     build.mkdir(parents=True)
-    (build / "VERSION").write_text("2.6\n")
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(build), "VERSION", "-C",
+    (build / "VERSION").write_text(f"{version}\n")
+    names = ["VERSION"]
+    if broken_on:
+        (build / "BROKEN_ON").write_text("\n".join(broken_on) + "\n")
+        names.append("BROKEN_ON")
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(build), *names, "-C",
                     str(Path(__file__).resolve().parents[2] / "roles" / "demo_app" / "files"), "demo_app.py"],
                    check=True)
-    subprocess.run([PY, "-m", "quorum_rollout", "sign", str(archive), "--name", "demo-app", "--version", "2.6",
+    subprocess.run([PY, "-m", "quorum_rollout", "sign", str(archive), "--name", "demo-app", "--version", version,
                     "--key", str(fleet.key_prefix.with_suffix(".key")), "--mirror-dir", str(fleet.mirror_dir)],
                    check=True, capture_output=True)
+
+
+def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
+    """Start 2.6 in one group behind Ansible's back; release.yml for 2.6 attaches (no new start) and waits."""
+    _sign_release(fleet, "2.6")
     group = "intel-eu1a"
     members = fleet.groups[group]
     cli = str(fleet.base / "venv" / "bin" / "quorum-rollout")
@@ -276,19 +290,9 @@ def _by_group(output: str) -> dict[str, str]:
 def test_waves_go_in_order_and_a_rollback_stops_the_later_waves(fleet: LocalFleet) -> None:
     """rollout_waves: intel-* (one group at a time), then amd-eu1a, then the rest. 2.7 is broken on AMD:
     amd-eu1a rolls back in wave 2, so wave 3 (amd-eu1b) is not started and the run fails saying so."""
-    _ok(fleet.publish("2.7", broken_on=("amd",)), "publish 2.7")
+    _sign_release(fleet, "2.7", broken_on=("amd",))
     waves = '[["intel-*"],["amd-eu1a"],["*"]]'  # no spaces: -e key=value ends the value at the first one
     before = {h.name: h.current() for h in fleet.hosts}
-
-    # --check predicts every group with its wave and sends nothing (the runs end at once: nothing waits).
-    check = _by_group(_ok(fleet.playbook("release.yml", "--check", "-e", "version=2.7", "-e", f"rollout_waves={waves}",
-                                         log="release-2.7-waves-check"), "release.yml --check with waves"))
-    expected_wave = {"intel-eu1a": 1, "intel-eu1b": 1, "amd-eu1a": 2, "amd-eu1b": 3}
-    assert sorted(check) == sorted(expected_wave), check
-    for group, wave in expected_wave.items():
-        assert check[group].split()[1:3] == ["check", "2.7"] and "would start release 2.7" in check[group], check
-        assert check[group].endswith(f"| wave {wave} of 3"), check[group]
-    _ok(fleet.playbook("playbooks/status.yml", "--check", log="status-check"), "status.yml --check")
 
     # A pattern that matches no group: one clear error before anything is sent.
     bad = fleet.playbook("release.yml", "-e", "version=2.7", "-e", 'rollout_waves=[["arm64-*"],["*"]]',
@@ -327,7 +331,7 @@ def test_one_command_pauses_and_resumes_every_group(fleet: LocalFleet) -> None:
     under way in every group, whatever its version, and leaves the groups with nothing under way alone;
     `-e rollout_action=resumed` resumes them and waits for the end. The releases are held in their download
     by the mirror answering 503 for the artifact (the mirror's `.fail` side file) until the pause is in."""
-    _ok(fleet.publish("2.8"), "publish 2.8")
+    _sign_release(fleet, "2.8")
     blocker = fleet.mirror_dir / "demo-app" / "2.8" / "demo-app-2.8.tar.gz.fail"
     blocker.write_text("100000 503\n")
     held = ["amd-eu1b", "intel-eu1b"]
