@@ -28,10 +28,18 @@ REST = "*"
 WAVES_VAR = "rollout_waves"
 PARALLEL_VAR = "rollout_max_parallel_groups"
 WAVES_EXAMPLE = """-e '%s=[["amd-*"],["*"]]'""" % WAVES_VAR
+_NOT_JSON = object()
 
 
 class WavePlanError(ValueError):
     """A bad rollout_waves / rollout_max_parallel_groups; the message names the variable and the fix."""
+
+
+def _load_json(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_JSON
 
 
 def parse_waves(value):
@@ -40,12 +48,11 @@ def parse_waves(value):
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
+        text, value = value, _load_json(value)
+        if value is _NOT_JSON:
             raise WavePlanError("%s must be a list of lists of group-name patterns in JSON, for example %s (got %r; "
                                 "-e key=value ends the value at the first space: write it without spaces, or "
-                                "as -e '{\"%s\": [[\"amd-*\"], [\"*\"]]}')" % (WAVES_VAR, WAVES_EXAMPLE, value, WAVES_VAR))
+                                "as -e '{\"%s\": [[\"amd-*\"], [\"*\"]]}')" % (WAVES_VAR, WAVES_EXAMPLE, text, WAVES_VAR))
     if not isinstance(value, (list, tuple)) or not value:
         raise WavePlanError("%s must be a non-empty list of waves, each a list of group-name patterns, for example "
                             "%s (got %r)" % (WAVES_VAR, WAVES_EXAMPLE, value))
