@@ -40,8 +40,8 @@ def test_a_group_goes_to_the_first_wave_that_matches_it_and_star_takes_the_rest(
 
 def test_star_is_the_rest_wherever_it_stands():
     """`*` first means "every group not named later" first, not "every group" (which would leave later waves empty)."""
-    assert plan(GROUPS, [["*"], ["amd-*"]])["waves"] == [["arm64-eu1a", "intel-eu1a", "intel-eu1b"],
-                                                          ["amd-eu1a", "amd-eu1b"]]
+    assert plan(GROUPS, [["*"], ["amd-*"]])["waves"] == [
+        ["arm64-eu1a", "intel-eu1a", "intel-eu1b"], ["amd-eu1a", "amd-eu1b"]]
     # A star in a wave with patterns joins the rest to that wave.
     assert plan(GROUPS, [["intel-eu1a"], ["amd-*", "*"]])["waves"] == [
         ["intel-eu1a"], ["amd-eu1a", "amd-eu1b", "arm64-eu1a", "intel-eu1b"]]
