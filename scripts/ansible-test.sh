@@ -5,17 +5,12 @@
 #   scripts/ansible-test.sh sanity [ARGS]   # only sanity; ARGS go to ansible-test (e.g. --test pylint)
 #   scripts/ansible-test.sh units [ARGS]    # only the plugins' unit tests
 #
-# Sanity covers the Ansible content (plugins, roles, playbooks, meta, changelogs, the plugins'
-# unit tests, this script). It leaves out the agent: agent/ is a separate Python distribution
-# (agent/pyproject.toml, linted by ruff with its own rules, tested by tests/unit/test_*.py,
-# tests/integration/*.py, tests/e2e), the local fleet library scripts/localfleet/ (a developer
-# tool, not shipped) and the pytest layers linted by ruff (tests/playbooks and tests/chaos too): Ansible's module
-# rules (Python 3.8 targets, no `_` names, ...) do not apply to them. SANITY_ALL=1 checks every
-# file instead.
-#
-# ansible-test needs the collection at .../ansible_collections/quorum/rollout/, so the files
-# git knows about (tracked, plus new files not ignored) are copied into a temporary tree
-# that is removed at exit. Set KEEP=1 to keep it (its path is printed).
+# It runs over the collection as Galaxy and certification get it: the tarball that
+# `ansible-galaxy collection build` makes (galaxy.yml's build_ignore decides what ships), unpacked
+# at .../ansible_collections/quorum/rollout/ in a temporary directory that is removed at exit (KEEP=1
+# keeps it; its path is printed). Every shipped file is checked, the agent's source included; what
+# build_ignore leaves out (Makefile, bench/, scripts/, the checkout's pytest suites) is linted by ruff
+# (`make lint`). Exceptions are tests/sanity/ignore-*.txt entries, each with its reason.
 #
 # Sanity runs each test in a virtualenv of its own, bootstrapped with pip's get-pip script,
 # which ansible-test downloads from a host this network does not reach. A stand-in that
@@ -45,7 +40,7 @@ PY
     echo "ansible-test.sh: created pip bootstrap stand-in $GET_PIP"
 fi
 
-# -- collection tree -------------------------------------------------------------------------
+# -- collection tree: the built tarball ----------------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/quorum-rollout-test.XXXXXX")"
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
@@ -53,33 +48,23 @@ cleanup() {
 }
 trap cleanup EXIT
 DEST="$TMP/ansible_collections/quorum/rollout"
-mkdir -p "$DEST"
-(
-    cd "$ROOT"
-    git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
-        if [ -e "$f" ]; then printf '%s\0' "$f"; fi  # skip files deleted but not yet committed
-    done | tar --null -T - -cf - | tar -xf - -C "$DEST"
-)
+mkdir -p "$DEST" "$TMP/dist"
+"$VENV_BIN/ansible-galaxy" collection build --output-path "$TMP/dist" "$ROOT" >/dev/null
+tar -xzf "$TMP"/dist/quorum-rollout-*.tar.gz -C "$DEST"
 # ansible-test looks at git to list the collection's files; give it a repository of its own.
 (
     cd "$DEST"
     git init -q
+    echo tests/output/ > .git/info/exclude  # ansible-test's own output (.gitignore does not ship)
     git add -A
     git -c user.name=ansible-test -c user.email=ansible-test@localhost commit -q -m snapshot --no-verify
 )
 
 cd "$DEST"
-targets=()
-if [ "${SANITY_ALL:-0}" != 1 ]; then
-    while IFS= read -r f; do targets+=("$f"); done < <(
-        git ls-files | grep -Ev '^(agent|bench|scripts/localfleet)/|^tests/(unit|playbooks|integration|chaos|e2e|support)/' || true
-        git ls-files 'tests/unit/plugins/*' 'tests/integration/targets/*'
-    )
-fi
 status=0
 if [ "$what" = all ] || [ "$what" = sanity ]; then
     echo "== ansible-test sanity (python $PYTHON_VERSION) in $DEST"
-    "$ANSIBLE_TEST" sanity --venv --python "$PYTHON_VERSION" --color no "$@" "${targets[@]}" || status=$?
+    "$ANSIBLE_TEST" sanity --venv --python "$PYTHON_VERSION" --color no "$@" || status=$?
 fi
 if [ "$what" = all ] || [ "$what" = units ]; then
     echo "== ansible-test units (python $PYTHON_VERSION)"

@@ -16,6 +16,8 @@ from .config import AgentConfig, read_secret, read_token
 from .coordinator import Coordinator, RegistryReporter
 from .group import GroupNode, Node
 from .log import bound, event, get_logger
+from .metrics import AgentMetrics
+from .notify import Notifier, committer
 from .operations import Operations
 from .registry import Registry
 from .sources import Sources, members_of
@@ -59,6 +61,9 @@ class Agent:
         # Both raise ConfigError naming the file when missing, too open or too short.
         self.secret = read_secret(cfg.raft.secret_file)
         self.token = read_token(cfg.api.token_file)
+        self.metrics_token = read_token(cfg.api.metrics_token_file) if cfg.api.metrics_token_file else None
+        if cfg.notify.url:
+            read_token(cfg.notify.secret_file or "")  # refuse to start with a missing or readable webhook secret
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
@@ -72,15 +77,20 @@ class Agent:
         self._stop = threading.Event()
         self._loops: list[threading.Thread] = []
         self.reporter = RegistryReporter(Registry(cfg.registry), cfg.group)
-        self._events = [threading.Event(), threading.Event()]
+        self._events = [threading.Event(), threading.Event(), threading.Event()]
+        self.metrics = AgentMetrics(cfg.group, cfg.node_id)
         self.node: Node = node if node is not None else self._group_node(data)
         self.sources = Sources(cfg, self.store, self.policy, self.secret)
         # Autonomous mode: the leader polls the channel and starts what it names, as the API would.
         self.channel = ChannelPoller(self.node, cfg, self.policy, self) if cfg.artifacts.channel else None
-        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel)
-        self.worker = Worker(self.node, cfg, self.sources)
+        self.notifier = Notifier(cfg.notify, cfg.group, cfg.node_id, committer(self.node, cfg.group, cfg.node_id)) \
+            if cfg.notify.url else None
+        self.coordinator = Coordinator(self.node, cfg, self.sources, self.reporter, channel=self.channel,
+                                       notifier=self.notifier)
+        self.worker = Worker(self.node, cfg, self.sources, metrics=self.metrics)
         self.operations = Operations(self.node, group=cfg.group)
         self.server: api.AgentServer | None = None
+        self.metrics.attach(self)
 
     def _group_node(self, data: Path) -> GroupNode:
         cfg = self.cfg
@@ -89,7 +99,8 @@ class Agent:
                  if seed and seed.get("members") else [p.address for p in cfg.raft.peers])
         return GroupNode(node_id=cfg.node_id, group=cfg.group, address=cfg.raft.address,
                          peers=peers, secret=self.secret, data_dir=str(data / "raft"), on_change=self._wake_all,
-                         compaction_entries=cfg.raft.compaction_entries, seed=seed)
+                         compaction_entries=cfg.raft.compaction_entries, seed=seed,
+                         timing=(cfg.raft.heartbeat, cfg.raft.election_timeout_min, cfg.raft.election_timeout_max))
 
     def start(self) -> None:
         """Serve the API and run the coordinator, worker and operations loops until `stop()`."""
@@ -97,12 +108,16 @@ class Agent:
         self.operations.start()
         self.server = api.serve(self)
         for name, step, wake in (("coordinator", self.coordinator.step, self._events[0]),
-                                 ("worker", self.worker.step, self._events[1])):
+                                 ("worker", self.worker.step, self._events[1]),
+                                 ("metrics", self._observe, self._events[2])):
             thread = threading.Thread(target=self._loop, args=(name, step, wake), name=name, daemon=True)
             thread.start()
             self._loops.append(thread)
         event(log, "agent_started", group=cfg.group, node=cfg.node_id, raft=cfg.raft.address,
               api=f"{cfg.api.bind}:{cfg.api.port}", peers=len(cfg.raft.peers), channel=cfg.artifacts.channel)
+
+    def _observe(self) -> None:
+        self.metrics.observe(self.node.state, leading=self.node.is_leader())
 
     def _wake_all(self) -> None:
         # Runs on the Raft thread: only set events, never block.
@@ -133,9 +148,13 @@ class Agent:
 
     def start_args(self, version: str, *, allow_downgrade: bool, allow_unreachable: bool) -> dict[str, Any]:
         """The arguments of a `start` command proposed by this node."""
-        return {"version": version, "members": self.members(), "batch_fraction": self.cfg.rollout.batch_fraction,
-                "canary": self.cfg.rollout.canary, "allow_downgrade": allow_downgrade,
-                "allow_unreachable": allow_unreachable, "running_version": self.running_version()}
+        rollout = self.cfg.rollout
+        return {"version": version, "members": self.members(), "batch_fraction": rollout.batch_fraction,
+                "canary": rollout.canary, "allow_downgrade": allow_downgrade,
+                "allow_unreachable": allow_unreachable, "running_version": self.running_version(),
+                # The release keeps these (replicated): its later leaders apply them, whatever their own config.
+                "max_failures": rollout.max_failures, "bake_time": rollout.bake_time,
+                "windows": [w.as_dict() for w in rollout.maintenance_windows]}
 
     def check_manifest(self, version: str, allow_downgrade: bool) -> None:
         """Raise (NotPublished, TrustError, ArtifactError) unless a mirror serves a valid signed
@@ -163,6 +182,8 @@ class Agent:
         self.operations.stop()
         self.node.stop()
         self.reporter.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         event(log, "agent_stopped", group=self.cfg.group, node=self.cfg.node_id)
 
 

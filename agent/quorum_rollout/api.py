@@ -1,7 +1,9 @@
 """The agent's HTTP API: status, release commands, events, metrics, peer artifact transfer.
 
-Every /v1 endpoint and /metrics need `Authorization: Bearer <token>`; the peer endpoint
-needs a request MAC made with the group secret instead. Errors are JSON
+Every /v1 endpoint and /metrics need `Authorization: Bearer <token>` (the host's API token, or
+for GET /metrics alone the fleet's metrics token, api.metrics_token_file); the peer endpoint
+needs a request MAC made with the group secret instead; the HTML status page (page.py) its page
+key in the path (or the bearer token). Errors are JSON
 `{"error": "...", "detail": {...}}` with the matching status code.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import artifacts, contract, fsm, signing
+from . import artifacts, contract, fsm, metrics, page, signing
 from .group import ProposalError
 from .log import event, get_logger
 from .sources import members_of
@@ -52,8 +54,9 @@ def drift(agent: Agent) -> str | None:
     release = state["release"]
     if release is None or release["state"] not in fsm.TERMINAL:
         return None
-    expected = (release["hosts"].get(agent.cfg.node_id) or {}).get("version")
-    if release["state"] == fsm.CURRENT:
+    entry = release["hosts"].get(agent.cfg.node_id) or {}
+    expected = entry.get("version")
+    if release["state"] == fsm.CURRENT and entry.get("status") != fsm.REVERTED:  # reverted: failed within the budget
         expected = release["version"]
     running = agent.running_version()
     if expected is not None and running != expected:
@@ -82,10 +85,14 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "drift": drift(agent),
             "mirrors": artifacts.known_order(agent.cfg.artifacts.mirrors),
             "registry": {k: agent.reporter.status[k] for k in ("ok", "error")},
+            # Webhook notifications (null when notify.url is unset): this node's last send as leader.
+            "notify": dict(agent.notifier.status) if agent.notifier is not None else None,
             # Autonomous mode (null when off): the channel, its interval and this node's last poll as leader.
             "channel": agent.channel.status() if agent.channel is not None else None,
         },
         "members": members_document(agent),
+        # What the release waits for before its next batch: "baking until ...", "waiting for window (opens ...)".
+        "waiting": fsm.hold_text(node.state["release"]),
         "state": node.state,
     }
 
@@ -104,43 +111,6 @@ def members_document(agent: Agent) -> list[dict[str, Any]]:
              "reachable": member not in unreachable, "unreachable_since": unreachable.get(member),
              "last_contact_seconds": 0.0 if member == leader_id else ages.get(member)}
             for member, rec in sorted(members_of(state, agent.cfg).items())]
-
-
-def metrics_text(agent: Agent) -> str:
-    state = agent.node.state
-    release = state["release"] or {}
-    raft = agent.node.raft_status()
-    labels = f'group="{agent.cfg.group}",node="{agent.cfg.node_id}"'
-    lines = [
-        "# HELP quorum_rollout_is_leader 1 if this node leads its group's Raft cluster.",
-        "# TYPE quorum_rollout_is_leader gauge",
-        f"quorum_rollout_is_leader{{{labels}}} {int(raft['role'] == 'leader')}",
-        "# HELP quorum_rollout_raft_term Current Raft term seen by this node.",
-        "# TYPE quorum_rollout_raft_term gauge",
-        f"quorum_rollout_raft_term{{{labels}}} {raft['term']}",
-        "# HELP quorum_rollout_release_state 1 for the state the group's latest release is in.",
-        "# TYPE quorum_rollout_release_state gauge",
-    ]
-    for s in fsm.STATES:
-        lines.append(f'quorum_rollout_release_state{{{labels},state="{s}"}} {int(release.get("state") == s)}')
-    lines += [
-        "# HELP quorum_rollout_release_batch 1-based batch index being rolled (0 before rolling).",
-        "# TYPE quorum_rollout_release_batch gauge",
-        f"quorum_rollout_release_batch{{{labels}}} {release['batch'] + 1 if release.get('batch') is not None else 0}",
-        "# HELP quorum_rollout_commands_rejected Commands the state machine rejected (bounded window).",
-        "# TYPE quorum_rollout_commands_rejected gauge",
-        f"quorum_rollout_commands_rejected{{{labels}}} {len(state['rejected'])}",
-        "# HELP quorum_rollout_host_drift 1 if this host's current release disagrees with the group's state.",
-        "# TYPE quorum_rollout_host_drift gauge",
-        f"quorum_rollout_host_drift{{{labels}}} {int(drift(agent) is not None)}",
-        "# HELP quorum_rollout_channel_paused 1 if the operator paused the group's release channel.",
-        "# TYPE quorum_rollout_channel_paused gauge",
-        f"quorum_rollout_channel_paused{{{labels}}} {int(fsm.channel_record(state)['paused'])}",
-        "# HELP quorum_rollout_registry_ok 1 if the last registry report succeeded.",
-        "# TYPE quorum_rollout_registry_ok gauge",
-        f"quorum_rollout_registry_ok{{{labels}}} {int(bool(agent.reporter.status['ok']))}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -168,6 +138,8 @@ class Request:
 
     def answer(self) -> Reply:
         try:
+            if self.method == "GET" and (self.path == page.PREFIX or self.path.startswith(page.PREFIX + "/")):
+                return self._page()
             self._auth()
             return self._route()
         except ApiError as exc:
@@ -205,8 +177,15 @@ class Request:
         if scheme != "Bearer" or not token:
             raise ApiError(401, "missing bearer token", hint="send 'Authorization: Bearer <token>' "
                            "with the token from the agent's api.token_file")
-        if not hmac.compare_digest(token.strip().encode(), self.agent.token.encode()):
+        given = token.strip().encode()
+        if hmac.compare_digest(given, self.agent.token.encode()):
+            return
+        metrics_token = self.agent.metrics_token
+        if metrics_token is None or not hmac.compare_digest(given, metrics_token.encode()):
             raise ApiError(401, "bad API token", hint="use the token from the agent's api.token_file")
+        if (self.method, self.path) != ("GET", "/metrics"):
+            raise ApiError(403, "the metrics token only reads GET /metrics",
+                           hint="use the token from the agent's api.token_file for this endpoint")
 
     def _body(self, allowed: tuple[str, ...]) -> dict[str, Any]:
         raw_length = self.headers.get("Content-Length")
@@ -244,6 +223,15 @@ class Request:
 
     # -- endpoints -----------------------------------------------------------------------------
 
+    def _page(self) -> Reply:
+        """The read-only HTML status page (page.py): its own key in the path, or the bearer token."""
+        if self.path == page.PREFIX:
+            self._auth()
+        elif not hmac.compare_digest(self.path[len(page.PREFIX) + 1:].encode(),
+                                     page.page_key(self.agent.token).encode()):
+            raise ApiError(401, "bad status page key", hint="open the URL `quorum-rollout status --page-url` prints")
+        return Reply(200, page.render(status_document(self.agent), time.time()), "text/html; charset=utf-8")
+
     def _status(self) -> Reply:
         return Reply(200, status_document(self.agent))
 
@@ -251,7 +239,7 @@ class Request:
         return Reply(200, {"events": self.agent.node.state["history"]})
 
     def _metrics(self) -> Reply:
-        return Reply(200, metrics_text(self.agent), "text/plain; version=0.0.4")
+        return Reply(200, self.agent.metrics.render(), metrics.CONTENT_TYPE)
 
     def _start(self) -> Reply:
         body = self._body(("version", "allow_downgrade", "allow_unreachable", "operation_id"))
@@ -358,8 +346,8 @@ class Handler(BaseHTTPRequestHandler):
         return  # requests are logged as structured events instead
 
     def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
-        if status in (400, 401, 413):
-            self.close_connection = True  # the rest of what the client sent cannot be trusted to frame
+        if status in (400, 401, 403, 413):
+            self.close_connection = True  # the body was not read (or cannot be trusted to frame what follows)
         data = body.encode() if isinstance(body, str) else json.dumps(body, default=str).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -404,6 +392,8 @@ class Handler(BaseHTTPRequestHandler):
         if not agent.uploads.acquire(blocking=False):
             raise ApiError(503, "too many peer uploads in progress; try another holder",
                            limit=agent.cfg.artifacts.max_peer_uploads)
+        artifacts.yield_cpu()  # this connection's thread serves a transfer ahead of need, then ends
+        self.close_connection = True
         try:
             opened = artifacts.open_growing(agent.store, digest, artifact["size"], self.headers.get("Range"))
             if opened is None:
@@ -415,6 +405,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.send_header(name, value)
                 self.end_headers()
                 sent = artifacts.copy_growing(fileobj, length, self.wfile.write, limiter=agent.upload_limiter)
+            agent.metrics.peer_sent.labels(agent.cfg.group, agent.cfg.node_id).inc(sent)
             if sent < length:
                 self.close_connection = True  # the reader sees a short body and resumes with Range
             event(log, "peer_upload", group=agent.cfg.group, node=agent.cfg.node_id, sha256=digest,
@@ -483,4 +474,3 @@ def serve(agent: Agent) -> AgentServer:
                          node=agent.cfg.node_id)
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     return server
-

@@ -52,6 +52,7 @@ from quorum_rollout.signing import (
     TrustError,
     TrustPolicy,
     to_datetime,
+    verify_file,
     verify_manifest,
     verify_pointer,
 )
@@ -192,6 +193,9 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _NETWORK_DOWN)
 
 
+MIRROR, PEER = "mirror", "peer"  # where a download comes from (Store.received)
+
+
 def _check_digest(digest: str) -> str:
     if not isinstance(digest, str) or not _HEX64.match(digest):
         raise ValueError(f"{digest!r} is not a sha256 hex digest (64 lowercase hex digits)")
@@ -199,10 +203,19 @@ def _check_digest(digest: str) -> str:
 
 
 class Store:
-    """Content-addressed files: `root/sha256/<digest>`, partial downloads in `root/partial/`."""
+    """Content-addressed files: `root/sha256/<digest>`, partial downloads in `root/partial/`.
+
+    `received` counts the bytes written into this store since it was made, by source kind
+    (`mirror`, `peer`): what GET /metrics reports as quorum_rollout_downloaded_bytes_total."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.received: dict[str, int] = {MIRROR: 0, PEER: 0}
+        self._received_lock = threading.Lock()
+
+    def count(self, source: str, n: int) -> None:
+        with self._received_lock:
+            self.received[source] = self.received.get(source, 0) + n
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / _check_digest(digest)
@@ -225,9 +238,55 @@ class Store:
         with _locks_guard:
             return _locks.setdefault(str(self.partial(digest).resolve()), threading.Lock())
 
+    def verify(self, path: str | Path, manifest: Manifest) -> None:
+        """`signing.verify_file`, without hashing again a store file this process hashed as it
+        arrived (or verified before) and that is unchanged since: same device, inode, size and
+        modification time. Every host used to hash the artifact twice, once more in the step
+        itself (about 2 s per GiB on the critical path of each host's update); a file that was
+        replaced, rewritten or touched, or a restarted agent, is hashed in full."""
+        key = str(Path(path).resolve())
+        try:
+            if _hashed.get(key) == (manifest.sha256, _identity(path)):
+                return
+        except OSError:
+            pass
+        verify_file(path, manifest)
+        hashed_here(Path(path), manifest.sha256)
+
+
+def hashed_here(path: Path, digest: str) -> None:
+    """Record that this process computed `digest` for the store file at `path` (Store.verify)."""
+    _hashed[str(path.resolve())] = (digest, _identity(path))
+
+
+def _identity(path: str | Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+
+# Niceness of a thread moving an artifact between members ahead of need (a prefetch and the
+# upload serving it): on hosts that also run the service and the open batch's install, transfers
+# for later batches yield the CPU.
+BACKGROUND_NICE = 10
+
+
+def yield_cpu() -> None:
+    """Lower the calling thread's CPU priority to BACKGROUND_NICE (Linux: per thread; elsewhere
+    it would renice the whole process, so nothing is done). Not undone: call it in a thread that
+    ends with the transfer."""
+    if not hasattr(threading, "get_native_id") or not os.path.isdir("/proc/self/task"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:  # not permitted
+        pass
+
+
+# Store files whose sha256 this process computed: resolved path -> (digest, _identity at the time).
+_hashed: dict[str, tuple[str, tuple[int, int, int, int]]] = {}
 
 
 class TokenBucket:
@@ -390,7 +449,7 @@ def _arrivals(url: str, resp: requests.Response, bounds: _Bounds, *, expected: i
 
 
 def _copy_body(url: str, resp: requests.Response, out: BinaryIO, hasher: Any, expected: int, cfg: Any,
-               limiter: TokenBucket | None, bounds: _Bounds) -> int:
+               limiter: TokenBucket | None, bounds: _Bounds, tally: Callable[[int], None]) -> int:
     guard = RateGuard(cfg.min_rate, cfg.min_rate_window) if cfg.min_rate else None
     got = 0
     for chunk in _arrivals(url, resp, bounds, expected=expected, kept=True):
@@ -404,6 +463,7 @@ def _copy_body(url: str, resp: requests.Response, out: BinaryIO, hasher: Any, ex
             raise cls(url, f"writing {out.name} failed: {exc.strerror}") from None
         hasher.update(chunk)
         got += len(chunk)
+        tally(len(chunk))
         pause = bounds.pause if bounds.bounded else None  # the next read's check raises if it is time
         waited = limiter.consume(len(chunk), sleep=pause) if limiter is not None else 0.0
         if guard is not None:
@@ -416,7 +476,7 @@ def _copy_body(url: str, resp: requests.Response, out: BinaryIO, hasher: Any, ex
 
 
 def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers: dict[str, str],
-              sess: requests.Session, limiter: TokenBucket | None, bounds: _Bounds) -> Path:
+              sess: requests.Session, limiter: TokenBucket | None, bounds: _Bounds, source: str) -> Path:
     part = store.partial(digest)
     offset = part.stat().st_size if part.exists() else 0
     if offset > size:
@@ -440,7 +500,7 @@ def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers:
                 mode = "ab"
             elif offset and status in (206, 416):  # wrong Content-Range or unsatisfiable: start over
                 part.unlink()
-                return _transfer(url, store, digest, size, cfg, headers, sess, limiter, bounds)
+                return _transfer(url, store, digest, size, cfg, headers, sess, limiter, bounds, source)
             elif status != 200:
                 raise HttpError(url, status, resp.reason or "")
             elif offset:  # the server ignored Range and sends the whole file: restart from 0
@@ -451,7 +511,8 @@ def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers:
                 raise TooLarge(f"{url}: announces {declared} bytes where the signed size leaves {expected}; refused")
             try:
                 with open(part, mode) as out:
-                    got = _copy_body(url, resp, out, hasher, expected, cfg, limiter, bounds)
+                    got = _copy_body(url, resp, out, hasher, expected, cfg, limiter, bounds,
+                                     lambda n: store.count(source, n))
                     out.flush()
                     os.fsync(out.fileno())
             except TooLarge:
@@ -464,8 +525,10 @@ def _transfer(url: str, store: Store, digest: str, size: int, cfg: Any, headers:
         part.unlink(missing_ok=True)
         raise HashMismatch(f"{url}: sha256 is {actual}, the manifest says {digest}; partial file deleted "
                            "(the source serves a different file)")
-    os.replace(part, store.path(digest))
-    return store.path(digest)
+    final = store.path(digest)
+    os.replace(part, final)
+    hashed_here(final, digest)
+    return final
 
 
 def _content_range_ok(resp: requests.Response, offset: int, size: int) -> bool:
@@ -475,7 +538,8 @@ def _content_range_ok(resp: requests.Response, offset: int, size: int) -> bool:
 
 def download(url: str, store: Store, sha256: str, size: int, *, cfg: Any, headers: dict[str, str] | None = None,
              session: requests.Session | None = None, limiter: TokenBucket | None = None,
-             retries: int = 2, deadline: float | None = None, cancel: threading.Event | None = None) -> Path:
+             retries: int = 2, deadline: float | None = None, cancel: threading.Event | None = None,
+             source: str = MIRROR) -> Path:
     """Stream `url` into `store` and return the verified final path (`cfg`: an ArtifactsConfig).
 
     A transfer that breaks after some progress is resumed with Range up to `retries` times; a
@@ -485,11 +549,12 @@ def download(url: str, store: Store, sha256: str, size: int, *, cfg: Any, header
     `Cancelled`; the partial file stays for a later resume.
     """
     bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
-    return _download(url, store, sha256, size, cfg, headers, session, limiter, retries, bounds)
+    return _download(url, store, sha256, size, cfg, headers, session, limiter, retries, bounds, source)
 
 
 def _download(url: str, store: Store, sha256: str, size: int, cfg: Any, headers: dict[str, str] | None,
-              session: requests.Session | None, limiter: TokenBucket | None, retries: int, bounds: _Bounds) -> Path:
+              session: requests.Session | None, limiter: TokenBucket | None, retries: int, bounds: _Bounds,
+              source: str) -> Path:
     digest = _check_digest(sha256)
     if store.has(digest, size):
         return store.path(digest)
@@ -504,7 +569,8 @@ def _download(url: str, store: Store, sha256: str, size: int, cfg: Any, headers:
             while not store.has(digest, size):  # another thread may have finished it meanwhile
                 before = part.stat().st_size if part.exists() else 0
                 try:
-                    return _transfer(url, store, digest, size, cfg, dict(headers or {}), sess, limiter, bounds)
+                    return _transfer(url, store, digest, size, cfg, dict(headers or {}), sess, limiter, bounds,
+                                     source)
                 except TransferInterrupted:
                     if attempt >= retries or (part.stat().st_size if part.exists() else 0) <= before:
                         raise
@@ -763,7 +829,13 @@ def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer:
         for mirror in ([prefer] if prefer else []) + [m for m in ordered if m != prefer]:
             url = f"{mirror}/{quote(cfg.name)}/{quote(manifest.version)}/{quote(manifest.file)}"
             try:
-                path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds)
+                if manifest.chunks is None:
+                    path = _download(url, store, manifest.sha256, manifest.size, cfg, None, sess, None, 2, bounds,
+                                     MIRROR)
+                else:  # a delta release: only the chunks no local artifact holds
+                    from quorum_rollout import chunks
+
+                    path = chunks.fetch(mirror, cfg, store, manifest, sess, bounds, log)
             except DiskFull:
                 raise
             except _STOP as exc:
@@ -838,7 +910,7 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
             auth = peer_auth_header(secret, "GET", urlsplit(url).path, clock())
             try:
                 return _download(url, store, manifest.sha256, manifest.size, cfg, {"Authorization": auth}, sess,
-                                 None, 2, bounds), node_id
+                                 None, 2, bounds, PEER), node_id
             except DiskFull:
                 raise
             except _STOP as exc:

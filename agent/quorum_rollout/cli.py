@@ -17,9 +17,9 @@ from typing import Any
 
 import requests
 
-from . import __version__, signing
+from . import __version__, signing, watch
 from .config import AgentConfig, ConfigError, load_config, read_token
-from .contract import ACTIONS, CURRENT, TERMINAL
+from .contract import ACTIONS
 from .log import setup_logging
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +79,10 @@ def _render_status(doc: dict[str, Any]) -> str:
         return "\n".join(lines)
     batch = release["batch"]
     progress = f"batch {batch + 1}/{len(release['batches'])}" if batch is not None else "-"
-    lines.append(f"release {release['id']}  state {release['state']}  {progress}")
+    waiting = f"  ({doc['waiting']})" if doc.get("waiting") else ""
+    lines.append(f"release {release['id']}  state {release['state']}  {progress}{waiting}")
+    for f in release.get("failed_within_budget") or []:
+        lines.append(f"failed within the budget (reverted alone): host {f['host']} at {f['step']}: {f['reason']}")
     if release["failure"]:
         f = release["failure"]
         lines.append(f"failure: host {f['host']} at {f['step']}: {f['reason']}")
@@ -90,27 +93,15 @@ def _render_status(doc: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.page_url:
+        from .page import PREFIX, page_key
+
+        url, headers, _verify = _client(args)
+        print(f"{url}{PREFIX}/{page_key(headers['Authorization'].split(' ', 1)[1])}")
+        return 0
     doc = _call(args, "GET", "/v1/status")
     print(json.dumps(doc, indent=2) if args.json else _render_status(doc))
     return 0
-
-
-def cmd_watch(args: argparse.Namespace) -> int:
-    """Redraw the status whenever it changes until the release is terminal (exit 1 unless current)."""
-    last = None
-    deadline = time.monotonic() + args.max_wait
-    while time.monotonic() < deadline:
-        doc = _call(args, "GET", "/v1/status")
-        release = doc["state"]["release"]
-        text = json.dumps(doc) if args.json else _render_status(doc)
-        if text != last:
-            print(text + ("" if args.json else "\n"), flush=True)
-            last = text
-        if not release or release["state"] in TERMINAL:
-            return 0 if not release or release["state"] == CURRENT else 1
-        time.sleep(args.interval)
-    print(f"error: release not terminal after {args.max_wait:g}s", file=sys.stderr)
-    return 2
 
 
 def _submit(args: argparse.Namespace, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -146,7 +137,7 @@ def _outcome_line(what: str, doc: dict[str, Any], outcome: str) -> str:
 
 def cmd_release(args: argparse.Namespace) -> int:
     doc, outcome = _submit(args, "/v1/releases", {"version": args.version, "allow_downgrade": args.allow_downgrade,
-                                                   "allow_unreachable": args.allow_unreachable})
+                                                  "allow_unreachable": args.allow_unreachable})
     print(json.dumps(doc, indent=2) if args.json else _outcome_line(f"release {args.version}", doc, outcome))
     return {"committed": 0, "rejected": 1}.get(outcome, 3)
 
@@ -332,13 +323,31 @@ def cmd_channel_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip bzip2 xz zstd
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     if args.channel and not args.mirror_dir:
         raise SystemExit("error: --channel needs --mirror-dir: the pointer goes to "
                          "<mirror-dir>/<name>/channels/<channel>.json, next to the release")
+    if args.chunks and not args.mirror_dir:
+        raise SystemExit("error: --chunks needs --mirror-dir: the chunks go to <mirror-dir>/<name>/chunks/ and the "
+                         "index next to the release")
     artifact = Path(args.artifact)
+    ref = digest = None
+    if args.chunks:
+        from . import chunks
+
+        with open(artifact, "rb") as f:
+            head = f.read(6)
+        if any(head.startswith(magic) for magic in _COMPRESSED):
+            print(f"warning: {artifact} is compressed: chunks of compressed data rarely repeat between releases, "
+                  "so a delta saves little; publish the uncompressed .tar (each chunk is stored zstd-compressed)",
+                  file=sys.stderr)
+        index, ref = chunks.publish(artifact, Path(args.mirror_dir) / args.name, args.version)
+        digest = (index.sha256, index.size)
     signed = signing.build_signed(artifact, args.name, args.version, expires_in=args.expires_days * 86400,
-                                  targets=args.target or None, now=time.time())
+                                  targets=args.target or None, now=time.time(), chunks=ref, digest=digest)
     manifest = signing.sign(signed, [signing.load_private_key(k) for k in args.key])
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if args.mirror_dir:
@@ -347,7 +356,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
         if artifact.resolve() != (dest / artifact.name).resolve():
             shutil.copyfile(artifact, dest / artifact.name)
         (dest / "manifest.json").write_text(text)
-        print(f"published {dest / 'manifest.json'} and {dest / artifact.name}")
+        print(f"published {dest / 'manifest.json'} and {dest / artifact.name}"
+              + (f" (chunk index {dest / ref.index})" if ref else ""))
         if args.channel:
             pointer = _write_pointer(args.mirror_dir, args.name, args.channel, args.version, args.key,
                                      args.expires_days)
@@ -417,14 +427,16 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("status", help="show the group's replicated release state")
+    p.add_argument("--page-url", action="store_true", help="print the URL of the agent's read-only HTML status "
+                   "page (it carries the page key: share it as a read-only credential) and exit")
     _api_args(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("watch", help="follow the group's release until it is current or rolled back")
-    p.add_argument("--interval", type=float, default=1.0)
-    p.add_argument("--max-wait", type=float, default=3600.0)
-    _api_args(p)
-    p.set_defaults(func=cmd_watch)
+    p = sub.add_parser("watch", help="live view of the releases of a group or of a whole fleet "
+                                     "(waits for the next release; --once / --json for scripts)",
+                       description=watch.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    watch.add_arguments(p)
+    p.set_defaults(func=watch.cmd_watch)
 
     p = sub.add_parser("release", help="start a release of VERSION in the group")
     p.add_argument("version")
@@ -454,6 +466,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror-dir", help="publish artifact + manifest in mirror layout under this dir")
     p.add_argument("--channel", type=_channel_name,
                    help="also point this channel at the release (<mirror-dir>/<name>/channels/<channel>.json)")
+    p.add_argument("--chunks", action="store_true",
+                   help="delta release: also publish a signed chunk index and the chunks "
+                        "(<mirror-dir>/<name>/chunks/); agents fetch only the chunks they lack (docs/delta.md)")
     p.add_argument("-o", "--output", help="manifest path (default stdout)")
     p.set_defaults(func=cmd_sign)
 

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from .windows import DAYS, WINDOWS_LIMIT, shape_error
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The check types and the fields only each one uses: the one list (checks.py runs each, docs/config.md
@@ -32,6 +35,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CHECK_FIELDS = {"command": ("command",), "http": ("url", "expect_status", "expect_body"), "tcp": ("address",)}
 CHECK_TYPES = tuple(CHECK_FIELDS)
 REGISTRY_TYPES = ("none", "file", "http")
+# The webhook notifications the leader sends (notify.py), each once per release.
+NOTIFY_EVENTS = ("release_started", "group_current", "group_rolled_back", "release_aborted", "release_stuck")
 # The leader commits a release's manifest in one Raft entry, and a replication frame holds up to
 # one batch (64 KiB) plus one entry: this keeps the largest frame well under transport.MAX_FRAME.
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -68,6 +73,9 @@ class RaftConfig:
     peers: tuple[Peer, ...] = ()
     compaction_entries: int = 200
     peers_file: str | None = None
+    heartbeat: float = 0.1
+    election_timeout_min: float = 0.4
+    election_timeout_max: float = 1.4
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class ApiConfig:
     tls_key: str | None = None
     url: str = ""
     max_connections: int = 64
+    metrics_token_file: str | None = None  # a fleet-wide token that reads GET /metrics and nothing else
 
 
 @dataclass(frozen=True)
@@ -137,11 +146,26 @@ class Check:
 
 
 @dataclass(frozen=True)
+class MaintenanceWindow:
+    start: str
+    end: str
+    days: tuple[str, ...] = DAYS
+    timezone: str = "UTC"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The window as a release keeps it (windows.py reads this shape)."""
+        return {"days": list(self.days), "start": self.start, "end": self.end, "timezone": self.timezone}
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     batch_fraction: float = 0.1
     canary: bool = False
     step_deadline: float = 300.0
     member_timeout: float = 10.0
+    max_failures: int = 0
+    bake_time: float = 0.0
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,16 @@ class RegistryConfig:
     token_file: str | None = None
     timeout: float = 5.0
     retries: int = 3
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    url: str | None = None
+    secret_file: str | None = None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    stuck_after: float = 3600.0
+    timeout: float = 5.0
+    retries: int = 8
 
 
 @dataclass(frozen=True)
@@ -166,6 +200,7 @@ class AgentConfig:
     checks: tuple[Check, ...] = ()
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     log_level: str = "info"
     source: str = ""
 
@@ -346,7 +381,24 @@ def _raft(top: _Section, node_id: str) -> RaftConfig:
     return RaftConfig(address=address, secret_file=s.abspath("secret_file"), peers=tuple(peers),
                       compaction_entries=s.number("compaction_entries", int, RaftConfig.compaction_entries, 10,
                                                   fix="use a number of journal entries, 10 or more"),
-                      peers_file=peers_file)
+                      peers_file=peers_file, **_raft_timing(s))
+
+
+def _raft_timing(s: _Section) -> dict[str, float]:
+    """Heartbeat and election timeout (seconds): a follower that hears nothing from the leader for
+    a random time between the two bounds starts an election; three heartbeats must fit before it."""
+    beat = s.number("heartbeat", float, RaftConfig.heartbeat, 0.01, high=5.0,
+                    fix="use seconds between 0.01 and 5 (the leader's append-entries period)")
+    low = s.number("election_timeout_min", float, RaftConfig.election_timeout_min, 0.0, strict=True)
+    high = s.number("election_timeout_max", float, RaftConfig.election_timeout_max, 0.0, strict=True, high=3.5,
+                    fix="use seconds up to 3.5 (pysyncobj drops a link silent for 3.5 s)")
+    if low <= 3 * beat:
+        s.fail("election_timeout_min", f"must be more than 3 heartbeats ({3 * beat:g} s), got {low:g}",
+               "raise raft.election_timeout_min or lower raft.heartbeat")
+    if high <= low:
+        s.fail("election_timeout_max", f"must be more than raft.election_timeout_min ({low:g}), got {high:g}",
+               "make the range at least a few heartbeats wide")
+    return {"heartbeat": beat, "election_timeout_min": low, "election_timeout_max": high}
 
 
 def _api(top: _Section) -> ApiConfig:
@@ -372,7 +424,8 @@ def _api(top: _Section) -> ApiConfig:
         url = f"{'https' if cert else 'http'}://{host}:{port}"
     return ApiConfig(token_file=s.abspath("token_file"), bind=bind, port=port, tls_cert=cert, tls_key=key, url=url,
                      max_connections=s.number("max_connections", int, ApiConfig.max_connections, 4,
-                                              fix="use the number of concurrent API connections, 4 or more"))
+                                              fix="use the number of concurrent API connections, 4 or more"),
+                     metrics_token_file=s.abspath("metrics_token_file", None))
 
 
 def _trusted_key(s: _Section) -> TrustedKey:
@@ -470,6 +523,37 @@ def _check(s: _Section) -> Check:
     )
 
 
+def _windows(r: _Section) -> tuple[MaintenanceWindow, ...]:
+    ws, count = r.indexed("maintenance_windows")
+    if count > WINDOWS_LIMIT:
+        r.fail("maintenance_windows", f"lists {count} windows, at most {WINDOWS_LIMIT}", "merge adjacent windows")
+    out = []
+    for i in range(count):
+        s = ws.sub(i, ws.data[i], _fields(MaintenanceWindow))
+        for key in ("start", "end"):
+            if isinstance(s.data.get(key), int) and not isinstance(s.data.get(key), bool):
+                s.fail(key, f"must be a time HH:MM in quotes, got {s.data[key]!r} (YAML reads an unquoted 12:30 "
+                       "as the number 750)", f'write {key}: "02:00"')
+            value = s.text(key, hint='"HH:MM"')
+            if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+                s.fail(key, f"must be a time HH:MM from 00:00 to 23:59, got {value!r}", f'write {key}: "02:00"')
+        days = s.get("days", list, list(DAYS))
+        if not days or any(d not in DAYS for d in days) or len(set(days)) != len(days):
+            s.fail("days", f"must list distinct days from {', '.join(DAYS)}, got {days!r}",
+                   "write e.g. days: [mon, tue, wed, thu] (or leave it out for every day)")
+        zone = s.text("timezone", MaintenanceWindow.timezone)
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            s.fail("timezone", f"is not a time zone this host knows: {zone!r}",
+                   "use an IANA name such as UTC or Europe/Berlin (install tzdata if the host has none)")
+        window = MaintenanceWindow(start=s.data["start"], end=s.data["end"], days=tuple(days), timezone=zone)
+        if shape_error([window.as_dict()]):  # the state machine's own check must agree
+            s.fail("", shape_error([window.as_dict()]) or "", "see docs/config.md, rollout.maintenance_windows")
+        out.append(window)
+    return tuple(out)
+
+
 def _registry(top: _Section) -> RegistryConfig:
     s = top.sub("registry", top.get("registry", dict, {}), _fields(RegistryConfig))
     kind = s.choice("type", REGISTRY_TYPES, RegistryConfig.type)
@@ -482,6 +566,28 @@ def _registry(top: _Section) -> RegistryConfig:
         url=s.url("url") if kind == "http" else None, token_file=s.abspath("token_file", None),
         timeout=s.number("timeout", float, RegistryConfig.timeout, 0, strict=True),
         retries=s.number("retries", int, RegistryConfig.retries, 1, fix="use the number of attempts, 1 or more"),
+    )
+
+
+def _notify(top: _Section) -> NotifyConfig:
+    s = top.sub("notify", top.get("notify", dict, {}), _fields(NotifyConfig))
+    url = s.url("url", None)
+    if url is None and any(s.data.get(k) is not None for k in ("secret_file", "events", "stuck_after")):
+        s.fail("url", "is required when notifications are configured", "set notify.url to the webhook URL, "
+               "or remove the notify section")
+    if url is not None and s.data.get("secret_file") is None:
+        s.fail("secret_file", "is required with notify.url: every notification is signed (X-Quorum-Signature)",
+               "write a random secret the receiver also holds, e.g. openssl rand -hex 32 > FILE (mode 0600), "
+               "and set notify.secret_file to its path")
+    events, count = s.indexed("events")
+    chosen = tuple(events.choice(i, NOTIFY_EVENTS) for i in range(count)) if "events" in s.data \
+        else NotifyConfig.events
+    return NotifyConfig(
+        url=url, secret_file=s.abspath("secret_file", None), events=chosen,
+        stuck_after=s.number("stuck_after", float, NotifyConfig.stuck_after, 0, strict=True,
+                             fix="use seconds after its start when a release still under way counts as stuck"),
+        timeout=s.number("timeout", float, NotifyConfig.timeout, 0, strict=True),
+        retries=s.number("retries", int, NotifyConfig.retries, 1, fix="use the number of attempts, 1 or more"),
     )
 
 
@@ -507,11 +613,17 @@ def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
         step_deadline=r.number("step_deadline", float, RolloutConfig.step_deadline, 0, strict=True),
         member_timeout=r.number("member_timeout", float, RolloutConfig.member_timeout, 0, strict=True,
                                 fix="use seconds, e.g. 10: how long the leader may not hear from a member "
-                                    "before it counts as unreachable"))
+                                    "before it counts as unreachable"),
+        max_failures=r.number("max_failures", int, RolloutConfig.max_failures, 0,
+                              fix="use how many failed hosts a release may revert alone and go on, e.g. 0 or 2"),
+        bake_time=r.number("bake_time", float, RolloutConfig.bake_time, 0, high=7 * 86400,
+                           fix="use seconds to wait after each batch before the next, e.g. 300 (at most a week)"),
+        maintenance_windows=_windows(r))
     return AgentConfig(
         node_id=node_id, group=group, data_dir=data_dir, raft=raft, api=api, artifacts=artifacts,
         install=install, checks=tuple(checks), rollout=rollout,
-        registry=_registry(top), log_level=top.choice("log_level", LOG_LEVELS, AgentConfig.log_level), source=source,
+        registry=_registry(top), notify=_notify(top),
+        log_level=top.choice("log_level", LOG_LEVELS, AgentConfig.log_level), source=source,
     )
 
 

@@ -11,6 +11,12 @@ The coordinator runs in its own thread on every node and acts only while this no
   wall clocks). Long steps (download, verify) run in a StepRunner thread that the coordinator
   cancels; the deadline is enforced here, independently of the step, so a trickling mirror or a
   frozen holder cannot hold a release past `rollout.step_deadline`.
+* Between batches (a release with a bake time or maintenance windows): the leader waits the
+  bake time from when it saw the batch's last report (a new leader waits it again: never less),
+  commits `recheck` so every updated host runs its pre-flight checks again, and opens the next
+  batch (`next_batch`; the first with `open_batch`) only while a window of the release is open,
+  evaluated on its wall clock with zoneinfo. What it waits for is committed as `hold` (status:
+  "baking until ...", "waiting for window (opens ...)").
 * Liveness: the leader watches its Raft links and commits which members it has not heard from
   for `rollout.member_timeout` seconds; the state machine refuses a release while one is missing.
 
@@ -27,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import artifacts, fsm, signing
+from . import artifacts, fsm, signing, windows
 from .config import AgentConfig
 from .group import Node, ProposalError
 from .log import bound, event, get_logger
@@ -94,6 +100,7 @@ def registry_record(state: dict[str, Any]) -> dict[str, Any]:
         "target_version": release.get("version"),
         "failed_host": failure.get("host"),
         "failure": failure or None,
+        "failed_within_budget": [f["host"] for f in release.get("failed_within_budget") or []],
     }
 
 
@@ -127,8 +134,9 @@ _LONG_STEPS = {fsm.RUNNING_OLD: "download", fsm.DOWNLOADED: "verify"}
 class Coordinator:
     def __init__(self, node: Node, cfg: AgentConfig, sources: Sources, reporter: RegistryReporter, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 channel: Any = None) -> None:
+                 channel: Any = None, notifier: Any = None) -> None:
         self.node = node
+        self.notifier = notifier  # notify.Notifier when notify.url is set: offered the state while leading
         self.channel = channel  # channel.ChannelPoller in autonomous mode: ticked while leading, never waited on
         self.cfg = cfg
         self.sources = sources
@@ -148,6 +156,8 @@ class Coordinator:
         if not self.node.is_leader():
             if self._term is not None:
                 self._runner.cancel()
+                if self.notifier is not None:
+                    self.notifier.reset()
                 self._term, self._since, self._contact, self._reported = None, None, {}, None
             return
         term = self.node.current_term()
@@ -164,6 +174,8 @@ class Coordinator:
         if newest > term:
             return  # a newer leader announced itself: this node is about to learn it lost its term
         self._report_registry(state)
+        if self.notifier is not None:
+            self.notifier.offer(state, self._wall())  # returns at once: delivery runs in its own thread
         self._watch_members(state, term)
         self._reconcile_cluster(state, term)
         if self.channel is not None:
@@ -201,7 +213,9 @@ class Coordinator:
             self.reporter.submit(registry_record(state))
 
     def _drive(self, state: dict[str, Any], release: dict[str, Any], term: int) -> None:
-        key = (release["id"], release["state"], release["batch"], len(release["rollback"]))
+        gate = release.get("gate")
+        key = (release["id"], release["state"], release["batch"], len(release["rollback"]),
+               gate and ("recheck" if gate["recheck"] is not None else "wait"))
         now = self._clock()
         if self._since is None or self._since[0] != key:
             self._since = (key, now)
@@ -222,11 +236,55 @@ class Coordinator:
             self._runner.start((release["id"], current), f"leader-{long_step}",
                                lambda cancel: self._run(target, release["id"], long_step, term, deadline, cancel))
         if current == fsm.VERIFIED:
-            self._propose(release, term, "open_batch", f"{release['id']}:open")
+            if self._window_open(release, term):
+                self._propose(release, term, "open_batch", f"{release['id']}:open")
         elif current in (fsm.ROLLING, fsm.ROLLING_BACK):
             waiting = fsm.open_batch_hosts(state)
             if waiting and overdue:
                 self._batch_overdue(release, term, waiting)
+            elif not waiting and current == fsm.ROLLING and gate:
+                self._between_batches(release, term)
+
+    # -- between batches: bake time, re-checks, maintenance windows ----------------------------
+
+    def _between_batches(self, release: dict[str, Any], term: int) -> None:
+        gate, rid = release["gate"], release["id"]
+        if release.get("bake_time") and gate["recheck"] is None:
+            assert self._since is not None
+            left = self._since[1] + release["bake_time"] - self._clock()
+            if left > 0:
+                until = self._wall() + left
+                self._hold(release, term, "bake", until, f"baking until {windows.iso(until)}")
+            elif self._window_open(release, term):
+                event(log, "recheck", hosts=sum(1 for e in release["hosts"].values() if e["status"] == fsm.UPDATED),
+                      **self._fields(release, term, "recheck"))
+                self._propose(release, term, "recheck", f"{rid}:recheck:{gate['batch']}")
+            return
+        if self._window_open(release, term):
+            self._propose(release, term, "next_batch", f"{rid}:next:{gate['batch']}")
+
+    def _window_open(self, release: dict[str, Any], term: int) -> bool:
+        """Whether a batch may open now; if not, commit what it waits for (once)."""
+        try:
+            opening = windows.next_opening(release.get("windows") or [], self._wall())
+        except Exception as exc:  # e.g. a time zone this leader's tzdata does not know
+            self._fail(release, term, "window", f"cannot evaluate the release's maintenance windows on "
+                       f"{self.cfg.node_id}: {type(exc).__name__}: {exc}")
+            return False
+        if opening is None:
+            return True
+        until, text = opening
+        self._hold(release, term, "window", until, f"waiting for window (opens {text})")
+        return False
+
+    def _hold(self, release: dict[str, Any], term: int, reason: str, until: float, text: str) -> None:
+        hold = release.get("hold")
+        if hold and hold["reason"] == reason and abs(hold["until"] - until) < 1.0:
+            return  # committed already (the bake's end moves by clock jitter only)
+        event(log, "batch_held", reason=reason, until=round(until, 3), detail=text,
+              **self._fields(release, term, "hold"))
+        self._propose(release, term, "hold", f"{release['id']}:hold:{release['batch']}:{reason}:{until:.0f}:{term}",
+                      reason=reason, until=round(until, 3), text=text)
 
     def _overdue(self, current: str, step: str, cause: str = "") -> str:
         return (f"no progress in {current} for {self.cfg.rollout.step_deadline:g}s (rollout.step_deadline) "
@@ -429,7 +487,7 @@ class Coordinator:
 
     def _verify(self, release: dict[str, Any], term: int, deadline: float, cancel: threading.Event) -> None:
         manifest, path = self.sources.ensure_artifact(self.node.state, release, deadline=deadline, cancel=cancel)
-        signing.verify_file(path, manifest)
+        self.sources.store.verify(path, manifest)
         if cancel.is_set():
             return
         event(log, "verified", sha256=manifest.sha256, **self._fields(release, term, "verify"))

@@ -16,6 +16,24 @@ Release states, in order: running_old_release -> downloaded_in_leader -> verifie
 rolling (batch k of n) -> current. Any failure -> rolling_back -> rolled_back.
 Operator states: paused (from any pre-terminal forward state), aborted.
 
+Inside a release, three rules the release keeps from its `start` (replicated, so every leader of
+the release applies the same ones whatever its own config says):
+
+* a failure budget (`max_failures`): up to that many failed hosts are reverted alone (status
+  `revert_pending` while the release stays `rolling`) and listed in `failed_within_budget`; one
+  more failure rolls the group back;
+* a bake time (`bake_time`): once a batch has reported, the next one waits (`gate`); the leader
+  commits `recheck` after the bake time and every host updated so far runs its pre-flight checks
+  again (a failed re-check is a failure, within the budget or not); `next_batch` opens the next
+  batch when all passed;
+* maintenance windows (`windows`): the leader opens a batch only inside one. The state machine
+  never evaluates a window (that needs time zone data, which members may hold in different
+  versions); the leader does, commits `hold` records for status, and proposes `open_batch` /
+  `next_batch` when a window is open.
+
+With none of them (the defaults) a release goes exactly as before: the first failure rolls back,
+the next batch opens on the open batch's last report.
+
 Autonomous mode keeps a small `channel` record: whether the operator paused the channel in this
 group, and the versions that rolled back or were aborted here, which a `start` from the channel
 (one that names its `channel`) never starts again.
@@ -32,6 +50,7 @@ from typing import Any
 
 # The states, actions and version order are the contract the collection shares (contract.py);
 # they are re-exported here, where the agent's modules have always found them.
+from .windows import shape_error as _windows_shape_error
 from .contract import (  # noqa: F401
     ABORT,
     ABORTED,
@@ -73,6 +92,7 @@ HISTORY_LIMIT = 200
 REJECTED_LIMIT = 50
 APPLIED_LIMIT = 512
 COMMAND_DEPTH_LIMIT = 12  # nesting allowed in a command; deeper data would break deepcopy/json later
+NOTIFIED_LIMIT = 50  # notification ids remembered: a few per release, so the recent releases' ones
 CHANNEL_FAILED_LIMIT = 20  # versions remembered as rolled back or aborted (the channel skips them)
 
 
@@ -101,6 +121,7 @@ def initial_state(group: str) -> dict[str, Any]:
         "members": {},             # node id -> {address, api_url, status, since}: the group's membership
         "current_artifact": None,  # the artifact of current_version (a joining member installs it)
         "channel": initial_channel(),  # autonomous mode: paused by the operator? versions not to start again
+        "notified": [],            # ids of the webhook notifications sent (notify.py), the newest NOTIFIED_LIMIT
         "seq": 0,
         "history": [],
         "rejected": [],
@@ -134,15 +155,45 @@ def plan_batches(members: list[str], leader: str | None, fraction: float, canary
 
 
 def open_batch_hosts(state: dict[str, Any]) -> list[str]:
-    """Hosts that must act now: the open install batch, or the open rollback batch."""
+    """Hosts that must act now: the open install batch (and, in a release with a failure budget or a
+    bake time, hosts reverting alone and hosts re-checking), or the open rollback batch."""
     release = state.get("release")
     if not release:
         return []
     if release["state"] == ROLLING and release["batch"] is not None:
-        return [h for h in release["batches"][release["batch"]] if release["hosts"][h]["status"] == PENDING]
+        gate = release.get("gate")
+        hosts = release["hosts"]
+        opened = [] if gate else [h for h in release["batches"][release["batch"]] if hosts[h]["status"] == PENDING]
+        alone = [h for b in release["batches"] for h in b if hosts[h]["status"] == REVERT]
+        recheck = [h for h, done in ((gate or {}).get("recheck") or {}).items() if done is None]
+        return opened + alone + [h for h in recheck if h not in alone]
     if release["state"] == ROLLING_BACK and release["rollback"]:
         return [h for h in release["rollback"][0] if release["hosts"][h]["status"] == REVERT]
     return []
+
+
+def host_task(state: dict[str, Any], host: str) -> str | None:
+    """What `host` must do now: "install", "revert", "recheck" (run its pre-flight checks again), or None."""
+    if host not in open_batch_hosts(state):
+        return None
+    release = state["release"]
+    status = release["hosts"][host]["status"]
+    if status == REVERT:
+        return "revert"
+    return "install" if status == PENDING else "recheck"
+
+
+def hold_text(release: dict[str, Any] | None) -> str | None:
+    """What a release waits for between batches, for status: "baking until ...", "waiting for
+    window (opens ...)", "re-checking N hosts", or None."""
+    if not release or release["state"] not in (ROLLING, VERIFIED):
+        return None
+    gate = release.get("gate") or {}
+    pending = [h for h, done in (gate.get("recheck") or {}).items() if done is None]
+    if pending:
+        return f"re-checking {len(pending)} updated host{'s' if len(pending) != 1 else ''}"
+    hold = release.get("hold")
+    return hold["text"] if hold else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +343,9 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         return Outcome("invalid", f"batch_fraction must be in (0, 1], got {fraction}")
     allow_downgrade, canary = _flag(cmd, "allow_downgrade"), _flag(cmd, "canary")
     allow_unreachable = _flag(cmd, "allow_unreachable")
+    policy, bad = _policy(cmd)
+    if bad:
+        return Outcome("invalid", bad)
     refusal = start_refusal(state, version, allow_downgrade)
     if refusal:
         return Outcome(*refusal)
@@ -312,7 +366,7 @@ def _start(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         refused = _channel_start_refusal(state, cmd, channel, version)
         if refused:
             return refused
-    _new_release(state, cmd, version, reachable, fraction, canary, attempt=1)
+    _new_release(state, cmd, version, reachable, fraction, canary, attempt=1, policy=policy)
     state["release"]["excluded"] = unreachable
     state["release"]["channel"] = channel
     if channel is not None:
@@ -337,8 +391,28 @@ def _channel_start_refusal(state: dict[str, Any], cmd: dict[str, Any], channel: 
     return _fence(state, cmd)
 
 
+BAKE_TIME_LIMIT = 7 * 86400.0
+_POLICY_DEFAULTS = {"max_failures": 0, "bake_time": 0.0, "windows": []}
+
+
+def _policy(cmd: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The release's failure budget, bake time and maintenance windows from a `start` (absent: 0, 0, none)."""
+    budget = cmd.get("max_failures", 0)
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= MEMBERS_LIMIT:
+        return {}, f"max_failures must be a whole number from 0 to {MEMBERS_LIMIT}, got {budget!r}"
+    bake = cmd.get("bake_time", 0)
+    if (isinstance(bake, bool) or not isinstance(bake, (int, float)) or not math.isfinite(bake)
+            or not 0 <= bake <= BAKE_TIME_LIMIT):
+        return {}, f"bake_time must be seconds from 0 to {BAKE_TIME_LIMIT:g}, got {bake!r}"
+    windows = cmd.get("windows") or []
+    bad = _windows_shape_error(windows)
+    if bad:
+        return {}, bad
+    return {"max_failures": budget, "bake_time": float(bake), "windows": copy.deepcopy(windows)}, None
+
+
 def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, members: list[str],
-                 fraction: float, canary: bool, attempt: int) -> None:
+                 fraction: float, canary: bool, attempt: int, policy: dict[str, Any]) -> None:
     state["releases_started"] += 1
     prev = state["release"]["state"] if state["release"] else None
     previous = state["current_version"] if state["current_version"] is not None else _running_version(cmd)
@@ -355,6 +429,12 @@ def _new_release(state: dict[str, Any], cmd: dict[str, Any], version: str, membe
         "channel": None,           # the channel the leader started it from (autonomous mode), None by hand
         "batch_fraction": fraction,
         "canary": canary,
+        "max_failures": policy["max_failures"],
+        "bake_time": policy["bake_time"],
+        "windows": policy["windows"],
+        "failed_within_budget": [],  # {host, step, reason}: failed, reverted alone, the release went on
+        "gate": None,              # between batches: {"batch", "since", "recheck": None | {host: None | True}}
+        "hold": None,              # what the leader waits for: {"reason": "bake" | "window", "until", "text"}
         "batches": [],
         "batch": None,
         "rollback": [],
@@ -427,7 +507,8 @@ def _retry(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
         got = release["state"] if release else "no release"
         return Outcome("conflict", f"retry needs a rolled_back release, got {got}")
     _new_release(state, {**cmd, "allow_downgrade": release["allow_downgrade"]}, release["version"],
-                 release["members"], release["batch_fraction"], release["canary"], release["attempt"] + 1)
+                 release["members"], release["batch_fraction"], release["canary"], release["attempt"] + 1,
+                 policy={k: copy.deepcopy(release.get(k, d)) for k, d in _POLICY_DEFAULTS.items()})
     state["release"]["excluded"] = release.get("excluded", [])
     return Outcome("accepted")
 
@@ -519,10 +600,83 @@ def _open_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
     if joining:
         return Outcome("conflict", f"open_batch: waiting for {', '.join(joining)} to finish joining "
                        f"(installing {state['current_version'] or 'nothing'})")
-    release["state"], release["batch"] = ROLLING, 0
+    release["state"], release["batch"], release["hold"] = ROLLING, 0, None
     release["step_started_at"] = cmd.get("time")
     _record(state, cmd, VERIFIED, f"batch 1 of {len(release['batches'])}")
     _advance(state, cmd)  # an empty first batch cannot happen, but stay total
+    return Outcome("accepted")
+
+
+def _gate(state: dict[str, Any], cmd: dict[str, Any], op: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+    """The release between two batches, for a leader's `recheck` / `next_batch`. Not fenced yet:
+    the caller fences (`_fence`) once it knows the command changes something, so a noop or a
+    conflict leaves the release as it was."""
+    release = _release_for(state, cmd)
+    if release is None or release["state"] != ROLLING:
+        return None, Outcome("invalid", f"{op}: release not rolling")
+    newest = max(state.get("leader_term", 0), release["term"])
+    if _term(cmd) < newest:
+        return None, Outcome("invalid", f"stale leader command from term {_term(cmd)} < {newest} "
+                                        "(a newer leader took over)")
+    if not release.get("gate"):
+        return None, Outcome("invalid", f"{op}: no batch is waiting to open")
+    return release, None
+
+
+def _hold(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The leader says what the next batch waits for (status shows it): the bake time, or a window."""
+    reason, until, text = cmd["reason"], cmd["until"], cmd["text"]
+    if (reason not in ("bake", "window") or isinstance(until, bool) or not isinstance(until, (int, float))
+            or not math.isfinite(until) or not isinstance(text, str) or not 0 < len(text) <= 200):
+        return Outcome("invalid", "hold: reason must be bake or window, until a time, text 1-200 characters")
+    release = _release_for(state, cmd)
+    if release is None or not (release["state"] == VERIFIED or (release["state"] == ROLLING and release.get("gate"))):
+        return Outcome("invalid", "hold: no batch is waiting to open")
+    hold = {"reason": reason, "until": until, "text": text}
+    if release.get("hold") == hold:
+        return Outcome("noop", "already holding")
+    fenced = _fence(state, cmd, release)
+    if fenced:
+        return fenced
+    release["hold"] = hold
+    return Outcome("accepted")
+
+
+def _recheck(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The bake time is over: every host updated so far runs its pre-flight checks again."""
+    release, refused = _gate(state, cmd, "recheck")
+    if release is None:
+        return refused  # type: ignore[return-value]
+    gate = release["gate"]
+    if gate["recheck"] is not None:
+        return Outcome("noop", "re-checks already asked for")
+    _fence(state, cmd, release)
+    hosts = [h for b in release["batches"][:release["batch"] + 1] for h in b
+             if release["hosts"][h]["status"] == UPDATED]
+    gate["recheck"] = {h: None for h in hosts}
+    release["hold"] = None
+    release["step_started_at"] = cmd.get("time")
+    plural = "s" if len(hosts) != 1 else ""
+    _record(state, cmd, ROLLING, f"bake time over: re-checking {len(hosts)} updated host{plural}")
+    return Outcome("accepted")
+
+
+def _next_batch(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """The leader opens the batch that waited (bake time over and re-checks passed; window open)."""
+    release, refused = _gate(state, cmd, "next_batch")
+    if release is None:
+        return refused  # type: ignore[return-value]
+    recheck = release["gate"]["recheck"]
+    if release.get("bake_time") and (recheck is None or any(v is None for v in recheck.values())):
+        return Outcome("conflict", "next_batch: the updated hosts have not all been re-checked")
+    if any(e["status"] == REVERT for e in release["hosts"].values()):
+        return Outcome("conflict", "next_batch: a host is still reverting alone")
+    _fence(state, cmd, release)
+    release["gate"], release["hold"] = None, None
+    release["batch"] += 1
+    release["step_started_at"] = cmd.get("time")
+    _record(state, cmd, ROLLING, f"batch {release['batch'] + 1} of {len(release['batches'])}")
+    _advance(state, cmd)
     return Outcome("accepted")
 
 
@@ -609,6 +763,23 @@ def _channel_failed(state: dict[str, Any], version: str) -> None:
     record = channel_record(state)
     failed = [v for v in record["failed"] if v != version] + [version]
     state["channel"] = {**record, "failed": failed[-CHANNEL_FAILED_LIMIT:]}
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+
+def _notified(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
+    """A node sent (or gave up sending) the webhook notification `event` (an id such as
+    "2.4#1:group_current"): no leader sends it again. Not fenced by term: it records what
+    happened, whoever did it; not in the history either (it changes no release)."""
+    event = cmd["event"]
+    if not isinstance(event, str) or not 0 < len(event) <= 200:
+        return Outcome("invalid", f"notified: event must be a notification id, got {event!r}")
+    sent = state.get("notified", [])
+    if event in sent:
+        return Outcome("noop", f"{event} was notified before")
+    state["notified"] = [*sent, event][-NOTIFIED_LIMIT:]
+    return Outcome("accepted")
 
 
 # --- membership ------------------------------------------------------------------------------
@@ -785,16 +956,35 @@ def _host_done(state: dict[str, Any], cmd: dict[str, Any]) -> Outcome:
             if release["state"] == ROLLING:
                 _advance(state, cmd)
         else:
-            _begin_rollback(state, cmd, {"host": host, "step": cmd.get("step"), "reason": cmd.get("reason")})
+            _host_failed(state, cmd, host, cmd.get("step"), cmd.get("reason"))
         return Outcome("accepted")
     if phase == "revert":
-        if release["state"] != ROLLING_BACK or entry["status"] != REVERT or host not in release["rollback"][0]:
+        alone = release["state"] in (ROLLING, PAUSED) and entry["status"] == REVERT
+        if not alone and (release["state"] != ROLLING_BACK or entry["status"] != REVERT
+                          or host not in release["rollback"][0]):
             return Outcome("invalid", f"host_done(revert): {host} has no open revert step")
         entry.update(status=REVERTED if ok else REVERT_FAILED, step=cmd.get("step"), detail=cmd.get("reason"))
         if ok:
             entry["version"] = entry["previous"] if entry["previous"] is not None else release["previous_version"]
-        _record(state, cmd, ROLLING_BACK, f"{host} {'reverted' if ok else 'revert failed'}")
-        _advance_rollback(state, cmd)
+        _record(state, cmd, release["state"], f"{host} {'reverted' if ok else 'revert failed'}")
+        if not alone:
+            _advance_rollback(state, cmd)
+        elif not ok:  # a host that cannot go back is more than the budget covers
+            _begin_rollback(state, cmd, {"host": host, "step": cmd.get("step"),
+                                         "reason": f"revert after a failure within the budget failed: "
+                                                   f"{cmd.get('reason')}"})
+        elif release["state"] == ROLLING:
+            _advance(state, cmd)
+        return Outcome("accepted")
+    if phase == "recheck":
+        recheck = (release.get("gate") or {}).get("recheck") or {}
+        if release["state"] not in (ROLLING, PAUSED) or recheck.get(host, False) is not None:
+            return Outcome("invalid", f"host_done(recheck): {host} has no open re-check")
+        recheck[host] = True
+        if not ok:
+            recheck[host] = False
+            entry.update(step=cmd.get("step"), detail=cmd.get("reason"))
+            _host_failed(state, cmd, host, f"recheck:{cmd.get('step')}", cmd.get("reason"))
         return Outcome("accepted")
     return Outcome("invalid", f"host_done: unknown phase {phase!r}")
 
@@ -823,9 +1013,18 @@ def _advance(state: dict[str, Any], cmd: dict[str, Any]) -> None:
     release = state["release"]
     while release["state"] == ROLLING:
         batch = release["batches"][release["batch"]]
-        if any(release["hosts"][h]["status"] != UPDATED for h in batch):
+        if release.get("gate") or any(release["hosts"][h]["status"] not in (UPDATED, REVERTED) for h in batch):
             return
+        if any(e["status"] == REVERT for e in release["hosts"].values()):
+            return  # a host of an earlier batch is reverting alone
         if release["batch"] + 1 < len(release["batches"]):
+            if release.get("bake_time") or release.get("windows"):
+                release["gate"] = {"batch": release["batch"], "since": cmd.get("time"), "recheck": None}
+                _record(state, cmd, ROLLING, f"batch {release['batch'] + 1} of {len(release['batches'])} done; "
+                        "the next waits for the leader (" + ", ".join(
+                            (["bake time"] if release.get("bake_time") else [])
+                            + (["maintenance window"] if release.get("windows") else [])) + ")")
+                return
             release["batch"] += 1
             release["step_started_at"] = cmd.get("time")
             _record(state, cmd, ROLLING, f"batch {release['batch'] + 1} of {len(release['batches'])}")
@@ -836,7 +1035,28 @@ def _advance(state: dict[str, Any], cmd: dict[str, Any]) -> None:
         highest = state["highest_version"]
         if highest is None or compare_versions(release["version"], highest) > 0:
             state["highest_version"] = release["version"]
-        _record(state, cmd, ROLLING, f"all {len(release['members'])} hosts run {release['version']}")
+        tolerated = [f["host"] for f in release.get("failed_within_budget", [])]
+        if tolerated:
+            _record(state, cmd, ROLLING, f"{len(release['members']) - len(tolerated)} of {len(release['members'])} "
+                    f"hosts run {release['version']}; failed within the budget: {', '.join(tolerated)}")
+        else:
+            _record(state, cmd, ROLLING, f"all {len(release['members'])} hosts run {release['version']}")
+
+
+def _host_failed(state: dict[str, Any], cmd: dict[str, Any], host: str, step: Any, reason: Any) -> None:
+    """A host failed (install, restart, pre-flight or re-check): reverted alone while the release's
+    failure budget lasts, else the group rolls back."""
+    release = state["release"]
+    used, budget = len(release.get("failed_within_budget", [])), release.get("max_failures", 0)
+    if used >= budget:
+        if budget:
+            reason = f"{reason} (failure {used + 1}, over the budget of {budget})"
+        _begin_rollback(state, cmd, {"host": host, "step": step, "reason": reason})
+        return
+    release["hosts"][host]["status"] = REVERT
+    release["failed_within_budget"].append({"host": host, "step": step, "reason": reason})
+    _record(state, cmd, release["state"], f"{host} failed at {step}: {reason}; reverted alone "
+            f"(failure {used + 1} of a budget of {budget})")
 
 
 def _begin_rollback(state: dict[str, Any], cmd: dict[str, Any], failure: dict[str, Any]) -> None:
@@ -845,10 +1065,12 @@ def _begin_rollback(state: dict[str, Any], cmd: dict[str, Any], failure: dict[st
     frm = release["state"]
     release["failure"] = failure
     release["state"], release["paused_from"] = ROLLING_BACK, None
+    release["gate"], release["hold"] = None, None
     opened = release["batch"] if release["batch"] is not None else -1
     rollback = []
     for index in range(opened, -1, -1):
-        hosts = [h for h in release["batches"][index] if release["hosts"][h]["status"] in (PENDING, UPDATED, FAILED)]
+        hosts = [h for h in release["batches"][index]
+                 if release["hosts"][h]["status"] in (PENDING, UPDATED, FAILED, REVERT)]
         for h in hosts:
             release["hosts"][h]["status"] = REVERT
         if hosts:
@@ -896,12 +1118,16 @@ _HANDLERS = {
     "downloaded": _downloaded,
     "verified": _verified,
     "open_batch": _open_batch,
+    "hold": _hold,
+    "recheck": _recheck,
+    "next_batch": _next_batch,
     "fail": _fail,
     "host_done": _host_done,
     "revert_timeout": _revert_timeout,
     "lead": _lead,
     "liveness": _liveness,
     "channel": _channel,
+    "notified": _notified,
     "member_add": _member_add,
     "member_ready": _member_ready,
     "member_remove": _member_remove,

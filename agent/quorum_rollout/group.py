@@ -27,6 +27,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, repli
 from pysyncobj.node import TCPNode
 
 from . import fsm
+from .config import RaftConfig
 from .transport import HardenedTransport
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -89,7 +90,8 @@ class GroupNode(SyncObj):
 
     def __init__(self, *, node_id: str, group: str, address: str, peers: list[str], secret: bytes,
                  data_dir: str, on_change: Callable[[], None], tick_period: float = 0.05,
-                 compaction_entries: int = 200, seed: dict[str, Any] | None = None) -> None:
+                 compaction_entries: int = 200, seed: dict[str, Any] | None = None,
+                 timing: tuple[float, float, float] | None = None) -> None:
         if not secret or len(secret) < 32:
             raise ValueError("the group secret is mandatory (>= 32 bytes): Raft traffic must be "
                              "encrypted and authenticated")
@@ -104,12 +106,16 @@ class GroupNode(SyncObj):
         self._tick_period = tick_period
         self._ticker = threading.Thread(target=self._tick_loop, name=f"raft-{node_id}", daemon=True)
         self._peer_nodes = {a: TCPNode(a) for a in peers}
+        beat, low, high = timing or (RaftConfig.heartbeat, RaftConfig.election_timeout_min,
+                                     RaftConfig.election_timeout_max)
         conf = SyncObjConf(
             password=secret,
             autoTick=False,
             journalFile=str(data / "raft.journal"),
             fullDumpFile=str(data / "raft.dump"),
             appendEntriesUseBatch=False,   # coordination commands are few: ~1 ms commits, not ~100 ms
+            # config.RaftConfig: heartbeat, election timeout bounds (docs/benchmarks.md, failover).
+            appendEntriesPeriod=beat, raftMinTimeout=low, raftMaxTimeout=high,
             useFork=False,                 # never fork a multi-threaded agent
             dynamicMembershipChange=True,
             connectionRetryTime=1.0,

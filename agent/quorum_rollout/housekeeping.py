@@ -12,6 +12,8 @@ What stays (everything else goes):
 * `sha256/<digest>` store files that a remaining release was installed from
   (`install.release_digest`) or that are in `protect_digests` (the artifact of the group's
   active/latest release, which this host may still serve to peers before installing it);
+* `chunks/<digest>.chunks.json` seed indexes (delta releases, chunks.py) of the store files that
+  stay: the chunks a later release can reuse are those of the artifacts kept;
 * `partial/<digest>.part` files in `protect_digests` (a download that may be resumed), those
   younger than `partial_grace` seconds, and those a download of this process is writing.
 
@@ -30,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quorum_rollout import install
+from quorum_rollout import chunks, install
 
 if TYPE_CHECKING:
     from quorum_rollout.artifacts import Store
@@ -45,6 +47,7 @@ class PruneReport:
     removed_versions: list[str] = field(default_factory=list)
     removed_digests: list[str] = field(default_factory=list)    # sha256/<digest> store files
     removed_partials: list[str] = field(default_factory=list)   # digests of partial/<digest>.part files
+    removed_seeds: list[str] = field(default_factory=list)      # digests of chunks/<digest>.chunks.json indexes
     removed_leftovers: list[str] = field(default_factory=list)  # names of interrupted installs' remains
     bytes_freed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -83,6 +86,9 @@ def prune_host(root: str | os.PathLike[str], store: Store, *, keep_releases: int
     for digest, path in _entries(store, store.partial, report):
         if digest not in protect_digests:
             _remove_stale_partial(store, digest, path, started - partial_grace, report)
+    for digest, path in _entries(store, partial(chunks.seed_path, store), report):
+        if not store.path(digest).exists():
+            _remove(report, path, report.removed_seeds, digest)
     return report
 
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -102,24 +102,39 @@ class Registry:
         return headers
 
     def _put(self, record: dict[str, Any]) -> None:
-        url = self.cfg.url or ""
-        body = json.dumps(record, sort_keys=True, default=str)
-        headers = self._headers()
         if self._session is None:
             self._session = requests.Session()
-        attempts = max(self.cfg.retries, 1)
-        cause = ""
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._session.put(url, data=body, headers=headers, timeout=self.cfg.timeout)
-                if 200 <= response.status_code < 300:
-                    return
-                cause = f"HTTP {response.status_code} {response.text.strip()[:200]!r}"
-                if response.status_code < 500 and response.status_code not in _RETRY_STATUSES:
-                    break
-            except requests.RequestException as exc:
-                cause = f"{type(exc).__name__}: {exc}"
-            if attempt < attempts:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
-        raise RegistryError(f"registry {url}: PUT failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                            f"{cause}")
+        try:
+            deliver(self._session, "PUT", self.cfg.url or "", json.dumps(record, sort_keys=True, default=str).encode(),
+                    self._headers(), attempts=self.cfg.retries, timeout=self.cfg.timeout, backoff=self.backoff,
+                    max_backoff=self.max_backoff)
+        except DeliveryError as exc:
+            raise RegistryError(f"registry {exc}") from None
+
+
+class DeliveryError(Exception):
+    """An HTTP delivery failed for good: `str()` is '<url>: <METHOD> failed after N attempts: <cause>'."""
+
+
+def deliver(session: requests.Session, method: str, url: str, body: bytes, headers: dict[str, str], *,
+            attempts: int, timeout: float, backoff: float, max_backoff: float,
+            sleep: Callable[[float], None] = time.sleep) -> int:
+    """Send `body` until a 2xx answers (its status is returned): up to `attempts` tries, waiting
+    `backoff` doubling to `max_backoff` between them. 5xx, 408, 429 and connection errors are
+    retried; any other status fails at once. The one retry loop of the agent's outgoing reports
+    (the registry and the webhook notifications)."""
+    attempts = max(attempts, 1)
+    cause = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = session.request(method, url, data=body, headers=headers, timeout=timeout)
+            if 200 <= response.status_code < 300:
+                return response.status_code
+            cause = f"HTTP {response.status_code} {response.text.strip()[:200]!r}"
+            if response.status_code < 500 and response.status_code not in _RETRY_STATUSES:
+                break
+        except requests.RequestException as exc:
+            cause = f"{type(exc).__name__}: {exc}"
+        if attempt < attempts:
+            sleep(min(backoff * 2 ** (attempt - 1), max_backoff))
+    raise DeliveryError(f"{url}: {method} failed after {attempt} attempt{'s' if attempt > 1 else ''}: {cause}")

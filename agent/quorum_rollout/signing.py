@@ -5,11 +5,13 @@ Modelled on python-tuf's ngclient: every check is explicit and every refusal rai
 
 Wire format of a manifest::
 
-    {"signed": {"name", "version", "file", "sha256", "size", "created", "expires", "targets"},
+    {"signed": {"name", "version", "file", "sha256", "size", "created", "expires", "targets", "chunks"},
      "signatures": [{"keyid": "<sha256 hex of the raw public key>", "sig": "<base64>"}]}
 
 Signatures are over `canonical_json(signed)`. `created`/`expires` are UTC ISO-8601 strings
 ("2026-11-26T07:00:00Z"); `targets` lists fnmatch group patterns, absent or ["*"] = every group.
+`chunks` (optional, delta releases, chunks.py) is {"index": "<file name>", "sha256", "size"}: the
+chunk index published beside the file. Agents that do not know it ignore it and fetch the file.
 
 A channel pointer (`<mirror>/<name>/channels/<channel>.json`, autonomous mode) is the same
 envelope around a smaller signed part, verified by the same signature, threshold, revocation
@@ -237,6 +239,16 @@ def file_digest(path: str | Path) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class ChunksRef:
+    """The signed reference to a release's chunk index (`signed.chunks`): its file name beside the
+    manifest, sha256 and size."""
+
+    index: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -246,6 +258,7 @@ class Manifest:
     created: datetime
     expires: datetime
     targets: tuple[str, ...]
+    chunks: ChunksRef | None = None
     signed_by: tuple[str, ...] = ()
     raw: bytes = field(default=b"", repr=False, compare=False)
 
@@ -337,7 +350,20 @@ def _parse_signed(signed: Any) -> Manifest:
     if (not isinstance(targets, list) or not targets
             or not all(isinstance(t, str) and t for t in targets)):
         raise MalformedManifest("signed.targets", 'must be a non-empty list of group patterns (["*"] = all)')
-    return Manifest(name, version, file, sha, size, created, expires, tuple(targets))
+    chunks = _parse_chunks(signed["chunks"]) if "chunks" in signed else None
+    return Manifest(name, version, file, sha, size, created, expires, tuple(targets), chunks)
+
+
+def _parse_chunks(ref: Any) -> ChunksRef:
+    if not isinstance(ref, dict) or set(ref) != {"index", "sha256", "size"}:
+        raise MalformedManifest("signed.chunks", 'must be {"index": file name, "sha256": hex, "size": bytes}')
+    index = _safe_segment(ref["index"], "signed.chunks.index")
+    if not isinstance(ref["sha256"], str) or not _SHA256_RE.match(ref["sha256"]):
+        raise MalformedManifest("signed.chunks.sha256", f"{_short(ref['sha256'])} is not 64 lowercase hex digits")
+    size = ref["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise MalformedManifest("signed.chunks.size", f"{_short(size)} is not a positive integer")
+    return ChunksRef(index, ref["sha256"], size)
 
 
 def _parse_signatures(sigs: Any, malformed: Malformed = MalformedManifest) -> list[tuple[str, bytes]]:
@@ -528,14 +554,18 @@ def verify_file(path: str | Path, manifest: Manifest) -> None:
 
 def build_signed(path: str | Path, name: str, version: str, *,
                  expires_in: timedelta | float = timedelta(days=30),
-                 targets: Iterable[str] | None = None, now: Now) -> dict[str, Any]:
-    """The `signed` part of a manifest for the file at `path` (hashed, streamed)."""
-    digest, size = file_digest(path)
+                 targets: Iterable[str] | None = None, now: Now,
+                 chunks: ChunksRef | None = None, digest: tuple[str, int] | None = None) -> dict[str, Any]:
+    """The `signed` part of a manifest for the file at `path` (hashed, streamed, unless `digest`
+    gives its (sha256, size) already); `chunks` names its chunk index (delta releases)."""
+    digest, size = digest or file_digest(path)
     created = to_datetime(now).replace(microsecond=0)
     delta = expires_in if isinstance(expires_in, timedelta) else timedelta(seconds=expires_in)
     signed = {"name": name, "version": version, "file": Path(path).name, "sha256": digest, "size": size,
               "created": format_time(created), "expires": format_time(created + delta),
               "targets": list(targets) if targets is not None else ["*"]}
+    if chunks is not None:
+        signed["chunks"] = {"index": chunks.index, "sha256": chunks.sha256, "size": chunks.size}
     _parse_signed(signed)  # refuse to build what verification would refuse
     return signed
 

@@ -44,6 +44,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
@@ -196,6 +197,10 @@ def normalize_ip(address: str) -> str:
     return str(ip)
 
 
+# A link silent for this long (seconds) is probed; see GuardedConnection.keep_if_idle.
+IDLE_PROBE = 1.0
+
+
 def check_internals() -> None:
     """Refuse to start on a pysyncobj whose hook points moved (the guard would be bypassed)."""
     missing = [f"TcpConnection.{n}" for n in ("connect", "disconnect", "setSockoptKeepalive")
@@ -205,7 +210,8 @@ def check_internals() -> None:
                                               "_onOutgoingMessageReceived", "_onDisconnected")
                 if not callable(getattr(TCPTransport, n, None))]
     probe = TcpConnection(poller=None)
-    missing += [f"TcpConnection().{n}" for n in ("_TcpConnection__socket",) if n not in vars(probe)]
+    missing += [f"TcpConnection().{n}" for n in ("_TcpConnection__socket", "_TcpConnection__lastReadTime")
+                if n not in vars(probe)]
     if missing:
         raise TransportInternalsChanged(f"pysyncobj changed ({', '.join(missing)} missing): the hardened Raft "
                                         "transport cannot be installed; use the pysyncobj version the agent pins")
@@ -255,6 +261,8 @@ class GuardedConnection(TcpConnection):
         self._transport = transport
         self.direction = direction
         self.source = source
+        self.link_timeout = float(kwargs.get("timeout", 10.0))  # TcpConnection's default
+        self.last_sent = float("-inf")
         self._fresh()
         if socket is not None:
             self.opened_at = time.monotonic()
@@ -297,6 +305,42 @@ class GuardedConnection(TcpConnection):
                 event(log, "raft_bind_failed", level="warning", bind=host, cause=str(exc),
                       **self._transport.fields)
         self._TcpConnection__socket = GuardedSocket(raw, self)
+
+    # -- idle links ------------------------------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        now = raft_clock()
+        self.keep_if_idle(now)
+        super().send(message)
+        self.last_sent = now
+
+    def keep_if_idle(self, now: float) -> None:
+        """pysyncobj drops a link on the first send or read after `connectionTimeout` (3.5 s)
+        without a read, and links between followers carry nothing while the leader is healthy:
+        a candidate's vote requests after the leader died were lost on both ends (every failover
+        of 6 took two elections, docs/benchmarks.md). A link this node has not sent on either and
+        that the kernel holds open (no EOF, no error pending) is idle, not dead: it counts as read
+        from. A link this node talks on and hears nothing from is left to pysyncobj's timeout."""
+        if self.state != CONNECTION_STATE.CONNECTED:
+            return
+        if now - self._TcpConnection__lastReadTime < IDLE_PROBE or now - self.last_sent < self.link_timeout:
+            return
+        if self._open():
+            self._TcpConnection__lastReadTime = now  # pysyncobj's clock (raft_clock), not time.monotonic
+
+    def _open(self) -> bool:
+        sock = getattr(self, "_TcpConnection__socket", None)
+        raw = getattr(sock, "_sock", sock)
+        if not isinstance(raw, socket.socket):
+            return False
+        try:
+            if raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                return False
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except (BlockingIOError, InterruptedError):
+            return True  # open, nothing to read
+        except OSError:
+            return False
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -533,6 +577,10 @@ class HardenedTransport(TCPTransport):
     def _onTick(self) -> None:
         self.tick += 1
         super()._onTick()
+        now = raft_clock()
+        for node_conn in self._connections.values():
+            if isinstance(node_conn, GuardedConnection):
+                node_conn.keep_if_idle(now)
         deadline = time.monotonic() - self.limits.auth_timeout
         for conn in [*self._unknownConnections, *self._connections.values()]:
             if (isinstance(conn, GuardedConnection) and not conn.authenticated and conn.opened_at is not None

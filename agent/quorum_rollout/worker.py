@@ -19,13 +19,10 @@ from . import artifacts, checks, fsm, housekeeping, install, signing
 from .config import AgentConfig
 from .group import Node, ProposalError
 from .log import event, get_logger
+from .metrics import AgentMetrics
 from .sources import Sources, clip, failed_step, members_of
 
 log = get_logger("quorum_rollout.worker")
-
-# Niceness of the prefetch thread (Linux: per thread). Fetching for a later batch yields the CPU
-# to the host's own service and to installs of the open batch on the same host.
-PREFETCH_NICE = 10
 
 
 class StepFailed(Exception):
@@ -36,8 +33,9 @@ class StepFailed(Exception):
 
 
 class Worker:
-    def __init__(self, node: Node, cfg: AgentConfig, sources: Sources) -> None:
+    def __init__(self, node: Node, cfg: AgentConfig, sources: Sources, *, metrics: AgentMetrics | None = None) -> None:
         self.node = node
+        self.metrics = metrics or AgentMetrics(cfg.group, cfg.node_id)  # times this host's steps
         self.cfg = cfg
         self.sources = sources
         self.store = sources.store
@@ -65,10 +63,12 @@ class Worker:
             self._prune(release)
             return
         self._maybe_prefetch(state, release)
-        if not release or self.host not in fsm.open_batch_hosts(state):
+        phase = fsm.host_task(state, self.host) if release else None
+        if phase is None:
             return
-        phase = "install" if release["state"] == fsm.ROLLING else "revert"
         op_id = f"{release['id']}:{self.host}:{phase}"
+        if phase == "recheck":  # once per wait between batches
+            op_id += f":{release['gate']['batch']}"
         if op_id in self._reported:
             return  # reported; waiting for the commit to show up
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "host": self.host,
@@ -77,8 +77,12 @@ class Worker:
         try:
             if phase == "install":
                 self._install(state, release, fields)
+            elif phase == "recheck":
+                self._checks(release["version"], fields)
+                event(log, "host_rechecked", step="recheck", version=release["version"], **fields)
             else:
-                self._revert(release, fields)
+                with self.metrics.step("revert"):
+                    self._revert(release, fields)
             ok, step, reason = True, "done", None
         except StepFailed as exc:
             ok, step, reason = False, exc.step, clip(exc.reason)
@@ -103,7 +107,7 @@ class Worker:
                 active = [m for m, rec in state["members"].items() if rec["status"] == fsm.ACTIVE]
                 _manifest, path = self.sources.ensure(manifest, self.sources.holders(state, active),
                                                       deadline=time.monotonic() + self.cfg.rollout.step_deadline)
-                signing.verify_file(path, manifest)
+                self.store.verify(path, manifest)
                 install.install_release(self.root, version, path,
                                         free_space_margin=self.cfg.artifacts.free_space_margin)
                 install.activate(self.root, version)
@@ -144,7 +148,7 @@ class Worker:
                                          protect_versions=protect, protect_digests={digest} if digest else set())
         fields = report.fields()
         if any(fields[k] for k in ("removed_versions", "removed_digests", "removed_partials", "removed_leftovers",
-                                   "errors")):
+                                   "removed_seeds", "errors")):
             event(log, "pruned", level="warning" if report.errors else "info", group=self.cfg.group,
                   release=release["id"], node=self.host, host=self.host, step="housekeeping", **fields)
 
@@ -170,10 +174,8 @@ class Worker:
         a grace period, any earlier host or complete holder will do; the install step falls back
         to the mirrors."""
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICE)
-        except (AttributeError, OSError):  # not Linux (nice is per process there), or not permitted
-            pass
+        if not self._needed_next(release):
+            artifacts.yield_cpu()
         try:
             manifest = self.sources.verify_committed(state, release)
         except signing.TrustError as exc:
@@ -207,6 +209,12 @@ class Worker:
                 return
             time.sleep(0.1)
 
+    def _needed_next(self, release: dict[str, Any]) -> bool:
+        """This host is in the open batch or the one after it: its fetch is on the critical path
+        and must not yield the CPU to the fetches for later batches (which do)."""
+        opened = release["batch"] if release["batch"] is not None else -1
+        return any(self.host in batch for batch in release["batches"][max(opened, 0):opened + 2])
+
     def _announce_holder(self, release: dict[str, Any]) -> None:
         """Propose `holder` once: the prefetch thread and the worker loop may both get here while
         the first proposal is still being committed."""
@@ -229,9 +237,10 @@ class Worker:
     def _install(self, state: dict[str, Any], release: dict[str, Any], fields: dict[str, Any]) -> None:
         version = release["version"]
         try:
-            manifest, path = self.sources.ensure_artifact(
-                state, release, deadline=time.monotonic() + self.cfg.rollout.step_deadline)
-            signing.verify_file(path, manifest)
+            with self.metrics.step("download"):
+                manifest, path = self.sources.ensure_artifact(
+                    state, release, deadline=time.monotonic() + self.cfg.rollout.step_deadline)
+                self.store.verify(path, manifest)
         except (signing.TrustError, artifacts.ArtifactError, OSError) as exc:
             raise StepFailed(failed_step(exc, "download"), str(exc)) from exc
         running = install.current_version(self.root)
@@ -240,14 +249,17 @@ class Worker:
         else:
             self._remember_previous(release, running)  # before the switch: a crash must not lose it
             try:
-                install.install_release(self.root, version, path,
-                                        free_space_margin=self.cfg.artifacts.free_space_margin)
-                install.activate(self.root, version)
+                with self.metrics.step("install"):
+                    install.install_release(self.root, version, path,
+                                            free_space_margin=self.cfg.artifacts.free_space_margin)
+                    install.activate(self.root, version)
             except (install.InstallError, OSError) as exc:
                 raise StepFailed("install", str(exc)) from exc
             event(log, "activated", step="install", version=version, previous=running, **fields)
-        self._restart(version, fields)
-        self._checks(version, fields)
+        with self.metrics.step("restart"):
+            self._restart(version, fields)
+        with self.metrics.step("preflight"):
+            self._checks(version, fields)
         event(log, "host_updated", step="preflight", version=version, **fields)
 
     def _step_file(self, release: dict[str, Any]) -> Path:

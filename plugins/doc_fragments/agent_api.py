@@ -40,7 +40,16 @@ options:
     description:
       - PEM file of the CA certificate(s) that signed the agent's TLS certificate, when O(api_url) is C(https://).
       - The system's trust store is used when not set.
+      - Ignored with O(validate_certs=false).
     type: path
+  validate_certs:
+    description:
+      - Whether to verify the agent's TLS certificate (against O(ca_path) or the system's trust store) and
+        that it names the host of O(api_url), when O(api_url) is C(https://).
+      - Set to V(false) only for a test setup with self-signed certificates. The connection is still
+        encrypted, but anyone on the path can then impersonate the agent and read the token.
+    type: bool
+    default: true
   timeout:
     description:
       - Timeout in seconds of one HTTP request to the agent.
@@ -48,12 +57,49 @@ options:
     default: 10
 """
 
-    # Controller-side plugins (the lookup) additionally read the URL from the environment.
+    # Controller-side plugins (the lookup) also read the options from the environment, from the
+    # [quorum_rollout] section of ansible.cfg and from variables (direct arguments win, then
+    # variables, then the environment, then ansible.cfg). The variable names are the ones the agent
+    # role and the playbooks use, listed as known in roles/agent/vars/main.yml.
     PLUGINS = r"""
 options:
   api_url:
     env:
       - name: QUORUM_ROLLOUT_API_URL
+    ini:
+      - section: quorum_rollout
+        key: api_url
+    vars:
+      - name: quorum_rollout_api_url
+  api_token:
+    vars:
+      - name: quorum_rollout_api_token
+  api_token_file:
+    ini:
+      - section: quorum_rollout
+        key: api_token_file
+    vars:
+      - name: quorum_rollout_api_token_file
+  ca_path:
+    ini:
+      - section: quorum_rollout
+        key: ca_path
+    vars:
+      - name: quorum_rollout_api_ca_path
+  validate_certs:
+    env:
+      - name: QUORUM_ROLLOUT_VALIDATE_CERTS
+    ini:
+      - section: quorum_rollout
+        key: validate_certs
+    vars:
+      - name: quorum_rollout_api_validate_certs
+  timeout:
+    ini:
+      - section: quorum_rollout
+        key: timeout
+    vars:
+      - name: quorum_rollout_api_timeout
 """
 
     ATTRIBUTES = r"""

@@ -45,34 +45,86 @@ extends_documentation_fragment:
 notes:
   - Like every lookup, this runs on the controller, so O(api_url) and O(api_token_file) must make sense there.
   - Use C(query) (or C(lookup(..., wantlist=true))) to always get a list, one element per URL.
+  - The connection options can be set once instead of in every call, in the C([quorum_rollout]) section of
+    C(ansible.cfg), in the environment, or as variables (in the inventory, C(group_vars), a play's C(vars)).
+    An argument given to the lookup wins over a variable, a variable over the environment, the environment
+    over C(ansible.cfg). A variable set to an empty string counts as not set, as in the agent role.
+  - O(api_token) and O(api_token_file) are mutually exclusive. When one of them is passed to the lookup,
+    the other one is not read from variables, the environment or C(ansible.cfg).
 seealso:
   - module: quorum.rollout.group_info
   - module: quorum.rollout.release
 """
 
 EXAMPLES = r"""
+# Connection options set once, in ansible.cfg next to the playbooks:
+#   [quorum_rollout]
+#   api_token_file = ~/.quorum-rollout/api.token
+#   ca_path = /etc/pki/quorum-rollout-ca.pem
+# or as variables (group_vars/all.yml):
+#   quorum_rollout_api_token: "{{ vault_quorum_rollout_token }}"
+#   quorum_rollout_api_ca_path: /etc/pki/quorum-rollout-ca.pem
+
 - name: Show the state of the group behind one agent
   ansible.builtin.debug:
     msg: "{{ lookup('quorum.rollout.group_state', 'http://10.0.0.5:7200', api_token_file='secrets/api.token') }}"
 
 - name: Current version of every group, one URL per group
   ansible.builtin.debug:
-    msg: >-
-      {{ query('quorum.rollout.group_state', agent_urls, query='current_version',
-               api_token=vault_quorum_rollout_token) }}
+    msg: "{{ query('quorum.rollout.group_state', agent_urls, query='current_version') }}"
   vars:
     agent_urls: [http://10.0.0.5:7200, http://10.0.1.5:7200]
+
+- name: State of the release under way (null when the group has had none)
+  ansible.builtin.debug:
+    msg: "{{ lookup('quorum.rollout.group_state', 'http://10.0.0.5:7200', query='release.state') }}"
+
+- name: Progress of the release, batch k of n
+  ansible.builtin.debug:
+    msg: >-
+      {{ lookup('quorum.rollout.group_state', 'http://10.0.0.5:7200',
+                query='[release.version, release.batch, length(release.batches)]') }}
+
+- name: Status of each host in the release under way
+  ansible.builtin.debug:
+    msg: "{{ lookup('quorum.rollout.group_state', 'http://10.0.0.5:7200', query='release.hosts.*.status') }}"
+
+- name: Hosts not updated yet in the release under way
+  ansible.builtin.debug:
+    msg: >-
+      {{ lookup('quorum.rollout.group_state', 'http://10.0.0.5:7200', query='release.hosts') | dict2items
+         | rejectattr('value.status', '==', 'updated') | map(attribute='key') }}
 
 # URL and token from QUORUM_ROLLOUT_API_URL / QUORUM_ROLLOUT_API_TOKEN in the controller's environment
 - name: Host, step and reason that made the group roll back
   ansible.builtin.debug:
     msg: "{{ lookup('quorum.rollout.group_state', query='release.failure') }}"
 
-- name: Which node leads the group
+- name: Which node leads the group, and does it have a quorum
   ansible.builtin.set_fact:
     __quorum_rollout_leader: >-
-      {{ lookup('quorum.rollout.group_state', full=true, query='node.leader',
+      {{ lookup('quorum.rollout.group_state', full=true, query='{leader: node.leader, quorum: node.has_quorum}',
                 api_url='http://127.0.0.1:7200', api_token_file='/etc/quorum-rollout/api.token') }}
+
+- name: Members the node cannot reach
+  ansible.builtin.debug:
+    msg: "{{ lookup('quorum.rollout.group_state', full=true, query='members[?!reachable].id') }}"
+
+- name: The group's last five transitions
+  ansible.builtin.debug:
+    msg: "{{ lookup('quorum.rollout.group_state', query='history[-5:]') }}"
+
+- name: Wait until the group runs 2.4
+  ansible.builtin.assert:
+    that: lookup('quorum.rollout.group_state', query='current_version') == '2.4'
+  register: __quorum_rollout_current
+  until: __quorum_rollout_current is success
+  retries: 60
+  delay: 10
+
+- name: An agent with a self-signed certificate, in a test setup only
+  ansible.builtin.debug:
+    msg: "{{ lookup('quorum.rollout.group_state', 'https://127.0.0.1:7200', validate_certs=false) }}"
 """
 
 RETURN = r"""
@@ -135,11 +187,42 @@ def _flatten(terms):
             yield to_text(term).strip()
 
 
+# api_token and api_token_file: one passed to the lookup hides the other one's configured value.
+_EXCLUSIVE = {"api_token": "api_token_file", "api_token_file": "api_token"}
+
+
+class _OptionVariables(Mapping):
+    """The play's variables as the options see them: a variable is templated when an option reads it
+    (lookups get them untemplated, e.g. ``quorum_rollout_api_ca_path: "{{ ca_dir }}/ca.pem"``), and one
+    that is an empty string reads as not set (the agent role's convention: its defaults are "" for
+    "not set"), so that ca_path="" does not become the current directory."""
+
+    def __init__(self, variables, templar):
+        self._variables = variables
+        self._templar = templar
+
+    def __getitem__(self, name):
+        value = self._variables[name]
+        if self._templar is not None:
+            value = self._templar.template(value)
+        if value is None or (isinstance(value, str) and not value):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self):
+        return iter(self._variables)
+
+    def __len__(self):
+        return len(self._variables)
+
+
 class LookupModule(LookupBase):
 
     def run(self, terms, variables=None, **kwargs):
-        self.set_options(var_options=variables, direct=kwargs)
-        options = AgentApiOptions.from_plugin(self)
+        self.set_options(var_options=_OptionVariables(variables or {}, self._templar), direct=kwargs)
+        hidden = set(_EXCLUSIVE[name] for name in _EXCLUSIVE
+                     if kwargs.get(name) is not None and kwargs.get(_EXCLUSIVE[name]) is None)
+        options = AgentApiOptions(lambda name: None if name in hidden else self.get_option(name))
         full = self.get_option("full")
         expression = self._compile(self.get_option("query"))
 

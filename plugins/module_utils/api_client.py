@@ -34,7 +34,13 @@ from urllib.request import HTTPRedirectHandler, HTTPSHandler, Request, build_ope
 
 from ansible.module_utils.common.text.converters import to_text
 
-from ansible_collections.quorum.rollout.plugins.module_utils.contract import ACTIONS, PAUSED, ROLLING, ROLLING_BACK
+from ansible_collections.quorum.rollout.plugins.module_utils.contract import (
+    ACTIONS,
+    PAUSED,
+    ROLLING,
+    ROLLING_BACK,
+    TERMINAL,
+)
 
 ENV_API_URL = "QUORUM_ROLLOUT_API_URL"
 ENV_API_TOKEN = "QUORUM_ROLLOUT_API_TOKEN"
@@ -116,7 +122,7 @@ class _NoRedirect(HTTPRedirectHandler):
 class AgentClient(object):
     """Client of one agent's HTTP API (``/v1/...``), bearer-token authenticated."""
 
-    def __init__(self, url, token, ca_path=None, timeout=10):
+    def __init__(self, url, token, ca_path=None, timeout=10, validate_certs=True):
         if not url:
             raise AgentOptionError(
                 "api_url is not set: pass api_url or set %s (the agent listens on http://127.0.0.1:7200 by default)"
@@ -128,6 +134,7 @@ class AgentClient(object):
         self.url = url.rstrip("/")
         self.token = token
         self.ca_path = ca_path
+        self.validate_certs = validate_certs
         self.timeout = timeout
         self._opener = self._build_opener()
 
@@ -141,6 +148,10 @@ class AgentClient(object):
                 context = ssl.create_default_context(cafile=self.ca_path)
             except (IOError, OSError, ssl.SSLError) as exc:
                 raise AgentOptionError("cannot load ca_path %s: %s" % (self.ca_path, exc))
+            if not self.validate_certs:
+                # Still TLS, but any certificate (self-signed, another name) is accepted.
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
             handlers.append(HTTPSHandler(context=context))
         return build_opener(*handlers)
 
@@ -247,7 +258,8 @@ class AgentClient(object):
         except URLError as exc:
             if isinstance(exc.reason, ssl.SSLError):
                 # A certificate problem does not go away by waiting.
-                raise AgentApiError(None, "TLS error: %s (check ca_path and the agent's certificate)" % exc.reason,
+                raise AgentApiError(None, "TLS error: %s (check ca_path and the agent's certificate; "
+                                    "validate_certs=false skips the check)" % exc.reason,
                                     url=url, method=method, transient=False)
             raise AgentApiError(None, to_text(exc.reason), url=url, method=method)
         except (socket.timeout, TimeoutError) as exc:
@@ -298,7 +310,7 @@ class AgentApiOptions(object):
         client = AgentApiOptions.from_plugin(self).client(url=term)
     """
 
-    NAMES = ("api_url", "api_token", "api_token_file", "ca_path", "timeout")
+    NAMES = ("api_url", "api_token", "api_token_file", "ca_path", "validate_certs", "timeout")
 
     def __init__(self, getter, env=None):
         self._getter = getter
@@ -348,12 +360,13 @@ class AgentApiOptions(object):
 
     def client(self, url=None):
         """An ``AgentClient`` for ``url`` (default: the api_url option)."""
-        timeout = self.get("timeout")
+        timeout, validate_certs = self.get("timeout"), self.get("validate_certs")
         return AgentClient(
             url or self.url(),
             self.token(),
             ca_path=self.get("ca_path"),
             timeout=10 if timeout is None else timeout,
+            validate_certs=True if validate_certs is None else validate_certs,
         )
 
 
@@ -370,6 +383,7 @@ def agent_api_argument_spec():
         api_token=dict(type="str", no_log=True),
         api_token_file=dict(type="path"),
         ca_path=dict(type="path"),
+        validate_certs=dict(type="bool", default=True),
         timeout=dict(type="float", default=10),
     )
 
@@ -432,6 +446,11 @@ def describe_release(group, release):
         text += " (batch %s/%s)" % (release["batch"] + 1, len(batches))
     if state == PAUSED and release.get("paused_from"):
         text += " (paused from %s)" % release["paused_from"]
+    if state not in TERMINAL and release.get("hold"):
+        text += " (%s)" % release["hold"].get("text")
+    within = [f.get("host") for f in release.get("failed_within_budget") or []]
+    if within:
+        text += "; failed within the budget (reverted alone): %s" % ", ".join(within)
     failure = release.get("failure")
     if failure:
         text += ": host %s failed at %s: %s" % (failure.get("host"), failure.get("step"), failure.get("reason"))

@@ -171,6 +171,10 @@ release:
     - C(state) is one of V(running_old_release), V(downloaded_in_leader), V(verified), V(rolling), V(current),
       V(rolling_back), V(rolled_back), V(paused), V(aborted); C(failure) names the host, step and reason after a
       rollback.
+    - C(failed_within_budget) lists C({host, step, reason}) of the hosts that failed within the failure budget
+      (C(quorum_rollout_max_failures)); each was reverted alone and the release went on, so a release can be
+      V(current) with hosts listed here. C(hold) says what the next batch waits for (C(text) such as
+      V(baking until ...) or V(waiting for window (opens ...))), else V(null).
   returned: success
   type: dict
   sample:
@@ -184,6 +188,8 @@ release:
     hosts:
       h1: {status: updated, version: "2.4", previous: "2.3", step: done, detail: null}
     failure: null
+    failed_within_budget: []
+    hold: null
 events:
   description: The group's transition history from C(GET /v1/events), oldest first.
   returned: when O(events=true)

@@ -71,6 +71,16 @@ options:
         channel pointing at an older version than a group runs starts nothing there.
       - Omit it (or give the empty string) to publish the release without touching any channel.
     type: str
+  chunks:
+    description:
+      - Also publish a chunk index and the chunks (a delta release, C(quorum-rollout sign --chunks)). Agents then
+        fetch from the mirror only the chunks that no artifact they hold has, and verify the whole file as before.
+      - Chunks go to C(<mirror_dir>/<name>/chunks/), shared by every version; the index beside the manifest.
+      - Deltas help an uncompressed artifact (a plain C(.tar)); each chunk is stored zstd-compressed. A
+        compressed archive changes throughout when a little of its content changes.
+      - Changing it re-signs the published manifest.
+    type: bool
+    default: false
   force:
     description: Replace a different artifact already published under this version.
     type: bool
@@ -104,6 +114,17 @@ EXAMPLES = r"""
       - ~/.quorum-rollout/bob.key
     mirror_dir: /srv/mirror
     targets: ["intel-*", "amd-*"]
+  delegate_to: localhost
+  run_once: true
+
+- name: Publish app 2.6 as a delta release (agents fetch only the chunks they lack)
+  quorum.rollout.manifest:
+    artifact: build/app-2.6.tar
+    name: app
+    version: "2.6"
+    signing_keys: [~/.quorum-rollout/alice.key]
+    mirror_dir: /srv/mirror
+    chunks: true
   delegate_to: localhost
   run_once: true
 
@@ -208,6 +229,7 @@ def main():
             expires_days=dict(type="float", default=30.0),
             renew_days=dict(type="float", default=7.0),
             channel=dict(type="str"),
+            chunks=dict(type="bool", default=False),
             force=dict(type="bool", default=False),
             cli=dict(type="str", default="quorum-rollout"),
         ),
@@ -249,6 +271,10 @@ def main():
         reason = "artifact replaced (force)"
     elif sorted(signed.get("targets") or ["*"]) != sorted(p["targets"]):
         reason = "targets changed"
+    elif ("chunks" in signed) != p["chunks"]:
+        reason = "chunk index %s" % ("added" if p["chunks"] else "removed")
+    elif p["chunks"] and not os.path.isfile(os.path.join(dest, str((signed.get("chunks") or {}).get("index", "")))):
+        reason = "chunk index in the mirror is missing"
     elif _expires(signed) is None or _expires(signed) - now < datetime.timedelta(days=p["renew_days"]):
         reason = "signature expires within renew_days"
     elif not _copy_matches(module, os.path.join(dest, str(signed.get("file", ""))), sha256):
@@ -278,6 +304,8 @@ def main():
                 "--expires-days", str(p["expires_days"]), "--mirror-dir", p["mirror_dir"]]
         for target in p["targets"]:
             argv += ["--target", target]
+        if p["chunks"]:
+            argv.append("--chunks")
         what = "quorum-rollout sign"
     else:  # the pointer only: the published manifest stays as it is
         argv = [cli, "channel", "publish", "--name", p["name"], "--version", p["version"],

@@ -110,7 +110,10 @@ class Host:
 
 class Fleet:
     def __init__(self, base: Path, n: int, *, group: str = "intel-z1", cpu: str = "intel",
-                 step_deadline: float = 60.0, batch_fraction: float = 0.1, extra: dict[str, Any] | None = None) -> None:
+                 step_deadline: float = 60.0, batch_fraction: float = 0.1, extra: dict[str, Any] | None = None,
+                 mirror_of: Fleet | None = None, mirror_path: str = "") -> None:
+        """`mirror_of`: use that fleet's mirror and release key (several groups, one origin);
+        `mirror_path`: appended to the mirror URL in the agents' config (e.g. /zone/z1)."""
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.subnet = free_subnet()
@@ -124,13 +127,17 @@ class Fleet:
         self.extra = extra or {}
         self.pids: set[int] = set()
         self.mirror: subprocess.Popen[bytes] | None = None
+        self.mirror_path = mirror_path
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "DEMO_PYTHON": PY}
         self.hosts = [Host(self, i) for i in range(n)]
-        self._secrets()
+        self._secrets(mirror_of)
+        if mirror_of is not None:
+            self.mirror_ip, self.mirror_port = mirror_of.mirror_ip, mirror_of.mirror_port
+            self.mirror_dir, self.mirror_stats = mirror_of.mirror_dir, mirror_of.mirror_stats
 
     # -- material -------------------------------------------------------------------------------
 
-    def _secrets(self) -> None:
+    def _secrets(self, mirror_of: Fleet | None = None) -> None:
         keys = self.base / "keys"
         keys.mkdir(exist_ok=True)
         self.secret_file = keys / "group.secret"
@@ -140,6 +147,9 @@ class Fleet:
             with os.fdopen(fd, "w") as fh:
                 fh.write(os.urandom(nbytes).hex())
         self.auth = {"Authorization": "Bearer " + self.token_file.read_text().strip()}
+        if mirror_of is not None:
+            self.key_prefix, self.public_key = mirror_of.key_prefix, mirror_of.public_key
+            return
         self.key_prefix = keys / "release"
         out = subprocess.run([*CLI, "keygen", "--out", str(self.key_prefix)], check=True, capture_output=True,
                              text=True, env=self.env)
@@ -195,7 +205,7 @@ class Fleet:
             "api": {"bind": host.ip, "port": self.api_port, "token_file": str(self.token_file)},
             "artifacts": {
                 "name": "demo-app",
-                "mirrors": [f"http://{self.mirror_ip}:{self.mirror_port}"],
+                "mirrors": [f"http://{self.mirror_ip}:{self.mirror_port}{self.mirror_path}"],
                 "trusted_keys": [{"public_key": self.public_key}],
             },
             "install": {"root": str(host.root), "hooks": {"restart": democtl, "timeout": 30}},
@@ -216,9 +226,9 @@ class Fleet:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def start_mirror(self, rate: int = 0) -> None:
+    def start_mirror(self, rate: int = 0, **kw: Any) -> None:
         self.mirror = start_mirror(self.mirror_ip, self.mirror_port, self.mirror_dir, stats=self.mirror_stats,
-                                   rate=rate)
+                                   rate=rate, **kw)
         self.pids.add(self.mirror.pid)
 
     def mirror_bytes(self) -> dict[str, int]:

@@ -91,14 +91,20 @@ def health(ip: str, port: int = APP_PORT, timeout: float = 3) -> tuple[int, dict
 # -- processes -------------------------------------------------------------------------------------
 
 def start_mirror(ip: str, port: int, root: Path, *, log: Path | None = None, stats: Path | None = None,
-                 rate: int = 0, timeout: float = 15) -> subprocess.Popen[bytes]:
-    """Start mirror.py serving `root` on ip:port in its own session; return once it listens."""
+                 rate: int = 0, zones: dict[str, int] | None = None, timeline: Path | None = None,
+                 timeout: float = 15) -> subprocess.Popen[bytes]:
+    """Start mirror.py serving `root` on ip:port in its own session; return once it listens.
+    `zones`: zone name -> shared cap in bytes/s for /zone/<name>/... (mirror.py --zone)."""
     root.mkdir(parents=True, exist_ok=True)
     cmd = [PY, str(MIRROR), "--bind", ip, "--port", str(port), "--root", str(root)]
     if stats:
         cmd += ["--stats", str(stats)]
     if rate:
         cmd += ["--rate", str(rate)]
+    for name, cap in (zones or {}).items():
+        cmd += ["--zone", f"{name}={cap}"]
+    if timeline:
+        cmd += ["--timeline", str(timeline)]
 
     def popen(out: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

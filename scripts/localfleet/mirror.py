@@ -14,7 +14,13 @@ Misbehaviour on demand, by side files next to a (possibly absent) path P:
 * `P.trickle` holding "SECONDS [SKIP]": after the first SKIP requests of P (default 0) are served
   normally, send P's headers and then one byte every SECONDS: a slow-retrieval attack.
 
+Zone links (bench/zones.py): with `--zone NAME=B`, a request for `/zone/NAME/P` is served as `P`
+through NAME's own cap of B bytes/s, shared by every connection of that zone (the zone's
+downlink), as well as through --rate (the origin's uplink); `--timeline FILE` gets a JSON line
+of the bytes served so far per zone every 0.25 s.
+
 Run: python scripts/localfleet/mirror.py --bind 127.0.0.1 --port 8000 --root DIR [--stats FILE] [--rate B]
+     [--zone NAME=B ...] [--timeline FILE]
 """
 
 from __future__ import annotations
@@ -28,6 +34,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+class Bucket:
+    """A token bucket of `rate` bytes/s (0: no cap), bursts up to `burst` seconds' worth, shared
+    by the threads that consume from it."""
+
+    def __init__(self, rate: int, burst: float = 1.0) -> None:
+        self.rate, self.tokens, self.t = rate, 0.0, time.monotonic()
+        self.burst = rate * burst
+        self.lock = threading.Lock()
+
+    def consume(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate) - n
+            self.t = now
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait:
+            time.sleep(wait)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bind", default="127.0.0.1")
@@ -35,25 +62,40 @@ def main() -> None:
     ap.add_argument("--root", required=True)
     ap.add_argument("--stats", help="JSON file with bytes served per path, rewritten after each request")
     ap.add_argument("--rate", type=int, default=0, help="egress cap in bytes/s for the whole mirror")
+    ap.add_argument("--zone", action="append", default=[], metavar="NAME=B",
+                    help="serve /zone/NAME/... through a cap of B bytes/s shared by that zone (repeatable)")
+    ap.add_argument("--timeline", help="JSON lines of bytes served per zone, every 0.25 s")
     args = ap.parse_args()
     root = Path(args.root).resolve()
     served: dict[str, int] = {}
     requests_seen: dict[str, int] = {}
     lock = threading.Lock()
-    bucket = {"t": time.monotonic(), "tokens": 0.0}
+    origin = Bucket(args.rate)
+    # A link, not a mirror: bursts of 50 ms at most.
+    zones = {name: Bucket(int(rate), 0.05) for name, _, rate in (z.partition("=") for z in args.zone)}
+    zone_bytes = dict.fromkeys(zones, 0)
 
-    def throttle(n: int) -> None:
-        if not args.rate:
-            return
-        with lock:
-            now = time.monotonic()
-            bucket["tokens"] = min(args.rate, bucket["tokens"] + (now - bucket["t"]) * args.rate) - n
-            bucket["t"] = now
-            wait = -bucket["tokens"] / args.rate if bucket["tokens"] < 0 else 0.0
-        if wait:
-            time.sleep(wait)
+    def throttle(n: int, zone: str | None = None) -> None:
+        if zone is not None:
+            zones[zone].consume(n)
+            with lock:
+                zone_bytes[zone] += n
+        origin.consume(n)
+
+    if args.timeline:
+        def timeline() -> None:
+            with open(args.timeline, "a") as out:
+                while True:
+                    with lock:
+                        line = json.dumps({"t": time.time(), **zone_bytes})
+                    out.write(line + "\n")
+                    out.flush()
+                    time.sleep(0.25)
+        threading.Thread(target=timeline, daemon=True).start()
 
     def record(rel: str, sent: int) -> None:
+        if "/chunks/" in rel:  # delta releases: one counter for all chunks (thousands of paths otherwise)
+            rel = rel.split("/chunks/")[0] + "/chunks/"
         with lock:
             served[rel] = served.get(rel, 0) + sent
             if args.stats:
@@ -72,6 +114,11 @@ def main() -> None:
 
         def do_GET(self, head: bool = False) -> None:
             rel = self.path.split("?", 1)[0].lstrip("/")
+            zone = None
+            if rel.startswith("zone/"):
+                zone, _, rel = rel[len("zone/"):].partition("/")
+                if zone not in zones:
+                    zone, rel = None, "\0"  # an unknown zone: not found
             path = (root / rel).resolve()
             inside = root in path.parents
             status_file = path.with_name(path.name + ".status")
@@ -128,7 +175,7 @@ def main() -> None:
                         break
                     if cut is not None and sent + len(chunk) > cut:
                         chunk = chunk[: cut - sent]
-                    throttle(len(chunk))
+                    throttle(len(chunk), zone)
                     try:
                         self.wfile.write(chunk)
                     except (BrokenPipeError, ConnectionResetError):

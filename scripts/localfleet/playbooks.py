@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -107,6 +108,14 @@ class LocalFleet:
         self.log_dir = self.base / "logs"
         self.log_dir.mkdir(exist_ok=True)
         self.mirror_pid: int | None = None
+        # The fleet's Prometheus credential (quorum_rollout_metrics_token; reads GET /metrics only),
+        # kept with the fleet so that a later LocalFleet.load() writes the same inventory.
+        token_file = self.base / "metrics.token"
+        if not token_file.exists():
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(16))
+        self.metrics_token = token_file.read_text().strip()
         self.hosts: list[FleetHost] = []
         n = 2
         for cpu in cpus:
@@ -152,6 +161,7 @@ class LocalFleet:
             "quorum_rollout_preflight_checks": "{{ demo_app_preflight_checks }}",
             "quorum_rollout_step_deadline": self.step_deadline,
             "quorum_rollout_log_level": "info",
+            "quorum_rollout_metrics_token": self.metrics_token,
             "demo_app_python": self.python,
             "demo_app_cpu": "{{ quorum_rollout_cpu }}",
         }

@@ -5,6 +5,8 @@ one real 3-host group on loopback."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from scripts.localfleet import PLAYBOOK_ENV, PY, REPO, LocalFleet, wait_for
+from tests.support.webhook import Receiver
 
 pytestmark = pytest.mark.e2e
 BIN = Path(PY).parent
@@ -53,7 +56,10 @@ def test_installed_collection_runs_site_and_release(fleet: LocalFleet, tmp_path:
 
     fleet.start_mirror()
     assert fleet.publish("2.3").returncode == 0 and fleet.publish("2.4").returncode == 0
-    inventory = fleet.write_inventory()
+    receiver = Receiver()  # webhook notifications, with the signing secret the role writes on each host
+    secret = "e2e-webhook-secret-0123456789"
+    inventory = fleet.write_inventory(quorum_rollout_notify={"url": receiver.url, "events": ["group_current"]},
+                                      quorum_rollout_notify_secret=secret)
     _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "quorum.rollout.site"], work, env)
     out = _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "quorum.rollout.release", "-e", "version=2.4"],
                work, env).stdout
@@ -61,3 +67,14 @@ def test_installed_collection_runs_site_and_release(fleet: LocalFleet, tmp_path:
     for host in fleet.hosts:
         assert host.current() == "2.4"
         assert wait_for(lambda h=host: h.health()[1].get("version") == "2.4", 30, f"{host.name} serves 2.4")
+    try:
+        wait_for(receiver.delivered, 30, "the group_current notification")
+        [hook] = receiver.delivered()
+        assert hook["headers"]["X-Quorum-Event"] == "group_current"
+        expected = "sha256=" + hmac.new(secret.encode(), hook["body"], hashlib.sha256).hexdigest()
+        assert hook["headers"]["X-Quorum-Signature"] == expected
+    finally:
+        receiver.close()
+    for host in fleet.hosts:
+        written = host.config_file.parent / "notify.secret"
+        assert written.read_text() == secret + "\n" and written.stat().st_mode & 0o777 == 0o600

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from scripts.localfleet import PY, LocalFleet, recap, wait_for
 
@@ -77,10 +78,18 @@ def test_site_installs_every_agent(fleet: LocalFleet) -> None:
         assert doc["group"] == group
         assert doc["node"]["leader"] in {m.name for m in members}
 
+    # The fleet's metrics token (quorum_rollout_metrics_token) reads GET /metrics of every agent, nothing else.
+    for host in fleet.hosts:
+        auth = {"Authorization": f"Bearer {fleet.metrics_token}"}
+        metrics = requests.get(f"http://{host.ip}:7200/metrics", headers=auth, timeout=5)
+        assert metrics.status_code == 200 and f'node="{host.name}"' in metrics.text, metrics.text[:500]
+        refused = requests.get(f"http://{host.ip}:7200/v1/status", headers=auth, timeout=5)
+        assert refused.status_code == 403, refused.text
+
     # Secrets: 0600 on hosts and controller; data dir 0700; controller dir 0700.
     for host in fleet.hosts:
         etc = host.config_file.parent
-        for name in ("raft.secret", "api.token"):
+        for name in ("raft.secret", "api.token", "metrics.token"):
             assert stat.S_IMODE((etc / name).stat().st_mode) == 0o600, f"{host.name} {name}"
         assert stat.S_IMODE(host.data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(fleet.controller_dir.stat().st_mode) == 0o700

@@ -27,6 +27,7 @@ failure once fixed, so the marker gets removed).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -161,6 +162,28 @@ class Group:
         archive = archive or self.build(version)
         self.place(version, self.cli_sign(archive, version, **kw), archive)
         return self.vdir(version) / archive.name
+
+    def publish_chunked(self, version: str) -> tuple[dict[str, Any], Path]:
+        """A genuinely signed delta release (`quorum-rollout sign --chunks`, keys a+b) of 600 kB of random
+        bytes (refused before install, so no archive is needed): (the index, its path on the mirror)."""
+        payload = self.fleet.base / "build" / f"demo-app-{version}.tar"
+        payload.write_bytes(os.urandom(600_000))
+        cmd = [*CLI, "sign", str(payload), "--name", NAME, "--version", version, "--chunks",
+               "--mirror-dir", str(self.fleet.mirror_dir), "--key", str(self.keys["a"]), "--key", str(self.keys["b"])]
+        subprocess.run(cmd, check=True, capture_output=True, env=self.fleet.env)
+        index = self.vdir(version) / json.loads((self.vdir(version) / "manifest.json").read_text())["signed"][
+            "chunks"]["index"]
+        return json.loads(index.read_text()), index
+
+    def sign_index(self, version: str, index: dict[str, Any]) -> None:
+        """Put a hand-made chunk index on the mirror and sign (a+b) a manifest naming it: only the agent's
+        index validator can refuse it."""
+        path = self.vdir(version) / f"demo-app-{version}.tar.chunks.json"
+        raw = json.dumps(index, separators=(",", ":")).encode()
+        path.write_bytes(raw)
+        self.edit_manifest(version, lambda m: m["signed"].update(
+            chunks={"index": path.name, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}))
+        self.edit_manifest(version, lambda m: m.update(signatures=self.sign(m["signed"])["signatures"]))
 
     def edit_manifest(self, version: str, change: Callable[[dict[str, Any]], Any]) -> None:
         path = self.vdir(version) / "manifest.json"
@@ -508,6 +531,69 @@ _register("deeply_nested_json", _deeply_nested, "download", "malformed manifest"
           where="precheck")
 _register("lone_surrogate_string", _lone_surrogate, "download", "malformed manifest", timeout=15,
           where="precheck")
+
+
+# -- delta releases (a signed chunk index; refused by the leader before anything lands) ----------
+
+
+@case("verify", "chunk index of demo-app {version}", "the manifest signed")
+def chunk_index_not_the_signed_one(g: Group, version: str) -> None:
+    """The mirror serves another index of the same size than the one the manifest signed."""
+    _index, path = g.publish_chunked(version)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"[0,", b"[1,", 1))
+
+
+def _edit_index(change: Callable[[dict[str, Any]], Any]) -> Callable[[Group, str], None]:
+    def prepare(g: Group, version: str) -> None:
+        index, _path = g.publish_chunked(version)
+        change(index)
+        g.sign_index(version, index)
+    return prepare
+
+
+def _shift(n: int) -> Callable[[dict[str, Any]], None]:
+    def change(index: dict[str, Any]) -> None:
+        index["chunks"][1][0] += n
+    return change
+
+
+def _tiny_chunks(count: int) -> Callable[[dict[str, Any]], None]:
+    def change(index: dict[str, Any]) -> None:
+        size, digest = index["size"], index["chunks"][0][2]
+        step = size // count
+        index["chunks"] = [[i * step, step if i < count - 1 else size - i * step, digest] for i in range(count)]
+    return change
+
+
+def _chunk_replaced(body: Callable[[], bytes]) -> Callable[[Group, str], None]:
+    def prepare(g: Group, version: str) -> None:
+        index, _path = g.publish_chunked(version)
+        digest = index["chunks"][1][2]
+        (g.fleet.mirror_dir / NAME / "chunks" / digest[:2] / f"{digest}.zst").write_bytes(body())
+    return prepare
+
+
+def _bomb() -> bytes:
+    import zstandard
+    return zstandard.ZstdCompressor(level=19).compress(bytes(64 << 20))  # ~2 kB that inflate to 64 MiB
+
+
+def _other_chunk() -> bytes:
+    import zstandard
+    return zstandard.ZstdCompressor().compress(os.urandom(20_000))
+
+
+_register("chunk_index_overlap", _edit_index(_shift(-1)), "verify", "chunk index", "chunks[1]", "overlaps")
+_register("chunk_index_gap", _edit_index(_shift(1)), "verify", "chunk index", "chunks[1]", "leaves a gap")
+_register("chunk_index_too_many_chunks", _edit_index(_tiny_chunks(40)), "verify", "chunk index", "40 chunks",
+          "more than the 37")
+_register("chunk_index_thousands_of_tiny_chunks", _edit_index(_tiny_chunks(20_000)), "verify", "chunk index",
+          "signed.chunks.size", "a 600000-byte file can need")
+_register("chunk_decompression_bomb", _chunk_replaced(_bomb), "verify", "chunk 1 (offset",
+          "decompresses to more than", "bomb")
+_register("chunk_wrong_content", _chunk_replaced(_other_chunk), "verify", "chunk 1 (offset", "the index says",
+          "different chunk")
 
 
 # -- unsafe archives (signed correctly: refused at install on the first batch's host) ------------

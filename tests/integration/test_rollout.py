@@ -92,6 +92,42 @@ def test_failed_preflight_in_batch_three_rolls_the_group_back(make_fleet):
     assert reverted == list(reversed(updated_first))
 
 
+def test_a_failure_within_the_budget_reverts_that_host_alone_and_the_release_goes_on(make_fleet):
+    """rollout.max_failures: 1 and a bake time: batch 1's host fails its pre-flight check, goes back to
+    2.3 alone, and the others bake, are re-checked and roll on; the release ends current listing it."""
+    fleet = make_fleet(3, batch_fraction=0.3, extra={"rollout": {"max_failures": 1, "bake_time": 1.0}})
+    for host in fleet.hosts:
+        host.checks.append({"name": "libs-ok", "type": "command",
+                            "command": f"test ! -e {host.dir}/incompatible-{{version}}", "retries": 1, "timeout": 5})
+    fleet.start_mirror()
+    fleet.preinstall("2.3")
+    fleet.build_release("2.4")
+    fleet.start()
+    leader = fleet.leader()
+    victim = sorted(h.id for h in fleet.hosts if h is not leader)[0]  # batch 1 of 3
+    (fleet.base / victim / "incompatible-2.4").write_text("")
+
+    start_release(fleet, "2.4")
+    waiting = wait_for(lambda: leader.status()["waiting"], 60, "the next batch waits")
+    assert waiting.startswith(("baking until 20", "re-checking ")), waiting
+    done = fleet.wait_release(("current", "rolled_back", "aborted"))
+    assert done["state"] == "current", json.dumps(done, indent=1)
+    assert [(f["host"], f["step"]) for f in done["failed_within_budget"]] == [(victim, "preflight:libs-ok")]
+    assert done["hosts"][victim]["status"] == "reverted" and done["hosts"][victim]["version"] == "2.3"
+    for host in fleet.hosts:
+        want = "2.3" if host.id == victim else "2.4"
+        assert host.current() == want, host.id
+        assert wait_for(lambda h=host, v=want: h.health()["version"] == v, 10, f"{host.id} serves {want}")
+        assert host.status()["node"]["drift"] is None, host.id
+    details = [e["detail"] for e in leader.status()["state"]["history"] if e.get("release") == done["id"]]
+    assert [d for d in details if d.startswith("bake time over")] == [
+        "bake time over: re-checking 0 updated hosts", "bake time over: re-checking 1 updated host"], details
+    assert details[-1] == f"2 of 3 hosts run 2.4; failed within the budget: {victim}"
+    registry = wait_for(lambda: json.loads(fleet.registry_file.read_text()), 10, "a registry record")
+    assert wait_for(lambda: json.loads(fleet.registry_file.read_text())["failed_within_budget"] == [victim], 10,
+                    "the registry lists the host"), registry
+
+
 def test_leader_killed_while_rolling_another_leads_and_completes(make_fleet):
     fleet = make_fleet(5, batch_fraction=0.2)
     fleet.start_mirror()
@@ -186,7 +222,11 @@ def test_api_rejects_unauthenticated_and_malformed_requests(make_fleet):
 
 
 def test_cli_release_watch_status(make_fleet):
-    """The operator's CLI against a real group: release, watch until current, status table and JSON."""
+    """The operator's CLI against a real group: `watch` started before the release waits for it and
+    shows it; release; watch until done; `watch --once --json` over several URLs and the controller's
+    endpoint records; status table and JSON."""
+    import os
+    import signal
     import subprocess
 
     from tests.support.fleet import CLI
@@ -198,13 +238,56 @@ def test_cli_release_watch_status(make_fleet):
     fleet.start()
     cfg = str(fleet.hosts[1].config_path)
 
-    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args, "-c", cfg], capture_output=True, text=True, env=fleet.env,
-                              timeout=180, check=check)
+    def cli(*args: str, check: bool = True, config: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args, *(["-c", cfg] if config else [])], capture_output=True, text=True,
+                              env=fleet.env, timeout=180, check=check)
 
-    assert "started" in cli("release", "2.4").stdout
-    watched = cli("watch", "--interval", "0.2")
-    assert "state current" in watched.stdout
+    # Started before any release, `watch` keeps waiting and shows the release once it starts.
+    out_path = fleet.base / "watch.out"
+    with open(out_path, "wb") as out:
+        watcher = subprocess.Popen([*CLI, "watch", "--hosts", "--interval", "0.2", "-c", cfg], stdout=out,
+                                   stderr=subprocess.STDOUT, env=fleet.env, start_new_session=True)
+    fleet.pids.add(watcher.pid)
+    try:
+        wait_for(lambda: "no_release" in out_path.read_text(), 30, "watch shows the group before the release")
+        assert watcher.poll() is None, out_path.read_text()
+        assert "started" in cli("release", "2.4").stdout
+        wait_for(lambda: "2.4#1" in out_path.read_text(), 30, "watch shows the release")
+        wait_for(lambda: "current" in out_path.read_text().split("2.4#1", 1)[1], 60, "watch shows it current")
+        assert watcher.poll() is None, "watch must keep running after the release ends"
+        shown = out_path.read_text()
+        assert all(h.id in shown for h in fleet.hosts) and "3/3" in shown, shown
+    finally:
+        os.killpg(watcher.pid, signal.SIGTERM)
+        watcher.wait(timeout=10)
+
+    watched = cli("watch", "--until-done", "--interval", "0.2")
+    assert watched.returncode == 0 and "current" in watched.stdout
+
+    # Several URLs of one group are one row; the controller's endpoint records (hosts/<host>.json,
+    # as site.yml writes them) name their group, so one answering host per group is enough.
+    urls = [a for h in fleet.hosts for a in ("--url", h.api_url)]
+    doc = json.loads(cli("watch", "--once", "--json", *urls, "--token-file", str(fleet.token_file),
+                         config=False).stdout)
+    assert doc["groups"][0]["last_event"]["text"] == "all 3 hosts run 2.4"
+    hosts_dir = fleet.base / "controller" / "hosts"
+    hosts_dir.mkdir(parents=True)
+    for h in fleet.hosts:
+        (hosts_dir / f"{h.id}.json").write_text(json.dumps({
+            "host": h.id, "node_id": h.id, "group": fleet.group, "api_url": h.api_url,
+            "api_token_file": str(fleet.token_file)}))
+    fleet.hosts[0].kill()  # the first record does not answer: the next host of the group does
+    by_records = cli("watch", "--once", "--json", "--hosts-file", str(fleet.base / "controller"), config=False)
+    assert by_records.returncode == 0, by_records.stdout + by_records.stderr
+    for doc in (doc, json.loads(by_records.stdout)):
+        assert doc["all_current"] is True and doc["errors"] == []
+        [group] = doc["groups"]
+        assert group["group"] == fleet.group and group["state"] == "current" and group["version"] == "2.4"
+        assert group["release"] == "2.4#1" and group["done"] == group["total"] == 3
+        assert group["batch"] == group["batches"] == 3 and group["elapsed"] > 0 and group["eta"] is None
+        assert group["last_event"]["text"]  # after the kill below, a new leader's announcement may be the last
+        assert {h["id"]: h["status"] for h in group["hosts"]} == {h.id: "updated" for h in fleet.hosts}
+
     table = cli("status").stdout
     assert "group runs 2.4" in table and all(h.id in table for h in fleet.hosts)
     doc = json.loads(cli("status", "--json").stdout)

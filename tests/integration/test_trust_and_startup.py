@@ -79,7 +79,7 @@ def _config(fleet: Fleet) -> Path:
 
 def _run_agent(path: Path, fleet: Fleet) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, "agent", "-c", str(path)], capture_output=True, text=True, timeout=60,
-                          env=fleet.env)
+                          env=fleet.env, check=False)
 
 
 def test_agent_refuses_to_start_without_the_group_secret(make_fleet):
@@ -115,5 +115,6 @@ def test_agent_refuses_a_bad_field_and_names_it(make_fleet):
     path.write_text(json.dumps(doc))
     proc = _run_agent(path, fleet)
     assert proc.returncode != 0 and "rollout.batch_fraction" in proc.stderr
-    check = subprocess.run([*CLI, "check-config", str(path)], capture_output=True, text=True, env=fleet.env)
+    check = subprocess.run([*CLI, "check-config", str(path)], capture_output=True, text=True, env=fleet.env,
+                           check=False)
     assert check.returncode != 0 and "rollout.batch_fraction" in check.stderr

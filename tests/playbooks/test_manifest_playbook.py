@@ -37,6 +37,7 @@ PLAYBOOK = textwrap.dedent("""\
             cli: "{{ cli }}"
             targets: "{{ targets }}"
             channel: "{{ channel }}"
+            chunks: "{{ chunks }}"
           register: __published
         - name: Report
           ansible.builtin.copy:
@@ -51,13 +52,13 @@ def _collections_path():
     return os.sep.join(parts[:parts.index("ansible_collections")])
 
 
-def _run(tmp_path, check=False, targets=("*",), channel=""):
+def _run(tmp_path, check=False, targets=("*",), channel="", chunks=False):
     book = tmp_path / "play.yml"
     book.write_text(PLAYBOOK)
     out = tmp_path / "out.json"
     extra = {"artifact": str(tmp_path / "app-2.4.tar.gz"), "key": str(tmp_path / "release.key"),
              "mirror": str(tmp_path / "mirror"), "cli": CLI, "out": str(out), "targets": list(targets),
-             "channel": channel}
+             "channel": channel, "chunks": chunks}
     argv = [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local", str(book),
             "-e", json.dumps(extra)] + (["--check"] if check else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
@@ -90,6 +91,12 @@ def test_publish_verify_idempotent_and_refuse_a_changed_artifact(tmp_path):
 
     proc, third = _run(tmp_path, targets=["intel-*"])
     assert third["changed"] is True and third["reason"] == "targets changed"
+
+    proc, chunked = _run(tmp_path, targets=["intel-*"], chunks=True)
+    assert chunked["changed"] is True and chunked["reason"] == "chunk index added", proc.stdout
+    signed = json.loads((published / "manifest.json").read_text())["signed"]
+    assert (published / signed["chunks"]["index"]).is_file() and (tmp_path / "mirror" / "app" / "chunks").is_dir()
+    assert _run(tmp_path, targets=["intel-*"], chunks=True)[1]["changed"] is False
 
     (tmp_path / "app-2.4.tar.gz").write_bytes(b"other bytes")
     proc = _run(tmp_path)[0]  # the play stops at the refused task

@@ -265,16 +265,56 @@ def test_status_names_the_leader_and_the_committed_state(client: Client) -> None
 
 def test_the_batch_metric_is_1_based_while_rolling_and_0_before(client: Client) -> None:
     """The reported bug: quorum_rollout_release_batch read 0 in batch 1, then 2, 3..."""
-    def batch_metric() -> str:
+    def batch_metric() -> float:
         reply = client.call("GET", "/metrics")
         assert reply.status == 200 and reply.content_type.startswith("text/plain")
-        return next(line.rsplit(" ", 1)[1] for line in reply.body.splitlines()
+        return next(float(line.rsplit(" ", 1)[1]) for line in reply.body.splitlines()
                     if line.startswith("quorum_rollout_release_batch{"))
 
-    assert batch_metric() == "0"
+    assert batch_metric() == 0
     client.release()
     open_first_batch(client)
     assert client.group.state["release"]["batches"] == [["h1"], ["h3"], ["h2"]]
-    assert batch_metric() == "1"
+    assert batch_metric() == 1
     report(client, "h1")
-    assert batch_metric() == "2"
+    assert batch_metric() == 2
+
+
+# ----------------------------------------------------------------------------- the status page
+
+
+def test_the_status_page_opens_with_its_key_or_the_bearer_token_and_the_key_opens_nothing_else(client: Client):
+    from quorum_rollout import page
+
+    key = page.page_key(TOKEN)
+    reply = client.call("GET", f"/ui/{key}", headers={})
+    assert reply.status == 200 and reply.content_type.startswith("text/html")
+    assert f"Group {GROUP}" in reply.body and all(m in reply.body for m in MEMBERS)
+    assert client.call("GET", "/ui", headers=AUTH).status == 200
+    wrong = key[:-1] + ("1" if key[-1] == "0" else "0")
+    for path in ("/ui", f"/ui/{wrong}", "/ui/", f"/ui/{key}/x", f"/ui/{TOKEN}"):
+        assert client.call("GET", path, headers={}).status == 401, path
+    # The page key is not an API token: it opens no /v1 endpoint and no /metrics.
+    for path in ("/v1/status", "/v1/events", "/metrics"):
+        assert client.call("GET", path, headers={"Authorization": f"Bearer {key}"}).status == 401, path
+    assert client.call("POST", f"/ui/{key}", headers={}).status == 401
+
+
+def test_the_page_escapes_what_it_shows_and_loads_nothing():
+    from quorum_rollout import page
+
+    doc = {"group": "g<1>", "node": {"id": "h1", "role": "leader", "term": 2, "leader": "h1", "ready": True,
+                                     "has_quorum": True},
+           "members": [{"id": "h1", "status": "active", "reachable": True, "unreachable_since": None,
+                        "last_contact_seconds": 0.0}],
+           "state": {"current_version": "2.3", "history": [{"time": 10.0, "actor": "h1", "op": "fail", "to": "x",
+                                                            "detail": "<script>alert(1)</script>"}],
+                     "release": {"id": "2.4#1", "version": "2.4", "previous_version": "2.3", "state": "rolling_back",
+                                 "batch": 0, "batches": [["h1"]], "started_at": 1.0, "updated_at": 10.0,
+                                 "failure": {"host": "h1", "step": "preflight", "reason": "<img src=x>"},
+                                 "hosts": {"h1": {"status": "revert_pending", "version": "2.4", "step": None,
+                                                  "detail": None}}}}}
+    html = page.render(doc, now=20.0)
+    assert "<script" not in html and "<img" not in html and "&lt;script&gt;" in html and "g&lt;1&gt;" in html
+    assert "src=" not in html.replace("&lt;img src=x&gt;", "") and "http" not in html.replace("http-equiv", "")
+    assert "default-src 'none'" in html and "0/1 hosts reverted" in html

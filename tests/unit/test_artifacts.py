@@ -146,6 +146,32 @@ def test_download_streams_into_the_content_addressed_store(make_mirror: MakeMirr
     assert len(mirror.seen(FILE)) == 1  # already in the store: no second request
 
 
+def test_a_store_file_hashed_on_arrival_is_not_hashed_again_until_it_changes(make_mirror: MakeMirror, store: Store,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = make_mirror()
+    publish(mirror)
+    manifest, path, _used = fetch(make_cfg(mirror.url), store)
+    hashed: list[Path] = []
+    full = artifacts.verify_file
+    monkeypatch.setattr(artifacts, "verify_file", lambda p, m: (hashed.append(Path(p)), full(p, m))[1])
+    store.verify(path, manifest)
+    store.verify(path, manifest)
+    assert hashed == []  # hashed as it arrived, unchanged since
+    tampered = bytearray(path.read_bytes())
+    tampered[len(tampered) // 2] ^= 0xFF
+    fake = path.with_name("fake")
+    fake.write_bytes(bytes(tampered))
+    os.replace(fake, path)  # the same size under the same name
+    with pytest.raises(signing.HashMismatch):
+        store.verify(path, manifest)
+    assert hashed == [path]
+    fake.write_bytes(PAYLOAD)
+    os.replace(fake, path)
+    store.verify(path, manifest)  # hashed in full again, then trusted while unchanged
+    store.verify(path, manifest)
+    assert hashed == [path, path]
+
+
 def test_store_refuses_digests_that_are_not_sha256_hex(store: Store) -> None:
     for bad in ("../../etc/passwd", "A" * 64, "ab"):
         with pytest.raises(ValueError, match="sha256"):

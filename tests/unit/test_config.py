@@ -148,6 +148,10 @@ BAD = [
     ("raft.address", "10.0.0.1", "raft.address", "the :port is missing"),
     ("raft.address", "10.0.0.1:70000", "raft.address", "1 to 65535"),
     ("raft.address", "::1:7100", "raft.address", "brackets"),
+    ("raft.heartbeat", 0, "raft.heartbeat", "between 0.01 and 5"),
+    ("raft.election_timeout_min", 0.25, "raft.election_timeout_min", "more than 3 heartbeats (0.3 s)"),
+    ("raft.election_timeout_max", 0.4, "raft.election_timeout_max", "more than raft.election_timeout_min"),
+    ("raft.election_timeout_max", 5, "raft.election_timeout_max", "up to 3.5"),
     ("raft.address", "bad_host!:7100", "raft.address", "not a host name"),
     ("raft.address", "10.0.0.2:7100", "raft.peers[0].address", "already used by raft.address"),
     ("raft.peers.1.id", "web-01", "raft.peers[1].id", "already used by node_id"),
@@ -205,6 +209,20 @@ BAD = [
     ("checks", [{"name": "p", "type": "tcp", "address": "127.0.0.1"}], "checks[0].address", "port is missing"),
     ("rollout.canary", "yes please", "rollout.canary", "true or false"),
     ("rollout.batch_fraction", 0, "rollout.batch_fraction", "> 0 and <= 1"),
+    ("rollout.max_failures", -1, "rollout.max_failures", "how many failed hosts"),
+    ("rollout.max_failures", 1.5, "rollout.max_failures", "a whole number"),
+    ("rollout.bake_time", 8 * 86400, "rollout.bake_time", "at most a week"),
+    ("rollout.maintenance_windows", [{"start": 750, "end": "05:00"}], "rollout.maintenance_windows[0].start",
+     "YAML reads an unquoted 12:30"),
+    ("rollout.maintenance_windows", [{"start": "25:00", "end": "05:00"}], "rollout.maintenance_windows[0].start",
+     "00:00 to 23:59"),
+    ("rollout.maintenance_windows", [{"end": "05:00"}], "rollout.maintenance_windows[0].start", "is required"),
+    ("rollout.maintenance_windows", [{"start": "01:00", "end": "05:00", "days": ["monday"]}],
+     "rollout.maintenance_windows[0].days", "mon, tue"),
+    ("rollout.maintenance_windows", [{"start": "01:00", "end": "05:00", "timezone": "Mars/Olympus"}],
+     "rollout.maintenance_windows[0].timezone", "IANA name"),
+    ("rollout.maintenance_windows", [{"start": "01:00", "end": "05:00", "hours": 4}],
+     "rollout.maintenance_windows[0].hours", "unknown key"),
     ("registry.type", "s3", "registry.type", "must be one of none, file, http"),
     ("registry", {"type": "file"}, "registry.path", "is required"),
     ("registry", {"type": "http", "url": "http://r", "path": "/x"}, "registry.path", "only used with type file"),
@@ -244,6 +262,20 @@ def test_valid_variants(tmp_path: Path) -> None:
     assert isinstance(cfg.rollout.batch_fraction, float)
     assert cfg.registry.url == "https://registry.example.com/groups/x"
     assert cfg.checks[1].address == "[::1]:8080"
+
+
+def test_failure_budget_bake_time_and_windows(tmp_path: Path) -> None:
+    data = base()
+    assert load(tmp_path, data).rollout.maintenance_windows == ()
+    data["rollout"] = {"max_failures": 2, "bake_time": 30, "maintenance_windows": [
+        {"start": "22:00", "end": "02:00", "days": ["sat", "sun"], "timezone": "Europe/Berlin"},
+        {"start": "03:00", "end": "04:00"}]}
+    r = load(tmp_path, data).rollout
+    assert (r.max_failures, r.bake_time) == (2, 30.0) and isinstance(r.bake_time, float)
+    assert [w.as_dict() for w in r.maintenance_windows] == [
+        {"days": ["sat", "sun"], "start": "22:00", "end": "02:00", "timezone": "Europe/Berlin"},
+        {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "03:00", "end": "04:00",
+         "timezone": "UTC"}]
 
 
 def test_missing_file_yaml_errors_and_duplicates(tmp_path: Path) -> None:
@@ -475,8 +507,9 @@ def test_docs_example_is_valid_and_every_field_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_.\[\]]+)`", text, re.MULTILINE))
 
     sections = {"raft": C.RaftConfig, "api": C.ApiConfig, "artifacts": C.ArtifactsConfig, "install": C.InstallConfig,
-                "rollout": C.RolloutConfig, "registry": C.RegistryConfig, "hooks": C.Hooks}
-    items = {"peers": C.Peer, "trusted_keys": C.TrustedKey, "checks": C.Check}
+                "rollout": C.RolloutConfig, "registry": C.RegistryConfig, "notify": C.NotifyConfig, "hooks": C.Hooks}
+    items = {"peers": C.Peer, "trusted_keys": C.TrustedKey, "checks": C.Check,
+             "maintenance_windows": C.MaintenanceWindow}
 
     def walk(cls: type, prefix: str) -> set[str]:
         names: set[str] = set()
@@ -497,8 +530,9 @@ def test_docs_defaults_are_the_defaults_the_parser_uses() -> None:
     """Each default is written once (the dataclass field; the parser reads it from there): the
     docs' default column must say the same, and "required" / "none" must be true as well."""
     sections = {"raft": C.RaftConfig, "api": C.ApiConfig, "artifacts": C.ArtifactsConfig, "install": C.InstallConfig,
-                "hooks": C.Hooks, "rollout": C.RolloutConfig, "registry": C.RegistryConfig,
-                "peers[]": C.Peer, "trusted_keys[]": C.TrustedKey, "checks[]": C.Check}
+                "hooks": C.Hooks, "rollout": C.RolloutConfig, "registry": C.RegistryConfig, "notify": C.NotifyConfig,
+                "peers[]": C.Peer, "trusted_keys[]": C.TrustedKey, "checks[]": C.Check,
+                "maintenance_windows[]": C.MaintenanceWindow}
     checked = 0
     for line in DOCS.read_text().splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from quorum_rollout import artifacts, fsm, signing
 from quorum_rollout import coordinator as coordinator_module
-from quorum_rollout.config import RegistryConfig, RolloutConfig
+from quorum_rollout.config import NotifyConfig, RegistryConfig, RolloutConfig
 from quorum_rollout.coordinator import Coordinator, RegistryReporter
 from quorum_rollout.group import GroupNode, Node
+from quorum_rollout.notify import Notifier, committer
 from quorum_rollout.registry import Registry
 from quorum_rollout.sources import Sources
 
@@ -55,8 +56,11 @@ class Harness:
         self.rollout = RolloutConfig(batch_fraction=0.25, step_deadline=step_deadline, member_timeout=10.0)
         self.coordinators: dict[str, Coordinator] = {}
         self.reporters: list[RegistryReporter] = []
+        self.notify: NotifyConfig | None = None  # set before the first coordinator: each gets a Notifier
+        self.notifiers: dict[str, Notifier] = {}
         self.committed = threading.Event()
         self.group.on_commit.append(self.committed.set)
+        self.now: float | None = None  # the leaders' wall clock when set (maintenance windows)
 
     def coordinator(self, member: str) -> Coordinator:
         if member not in self.coordinators:
@@ -66,8 +70,12 @@ class Harness:
             registry = RegistryConfig(type="file", path=str(self.tmp / member / "registry.json"))
             reporter = RegistryReporter(Registry(registry), GROUP)
             self.reporters.append(reporter)
-            self.coordinators[member] = Coordinator(self.group.nodes[member], cfg, sources, reporter,
-                                                    clock=self.clock)
+            node = self.group.nodes[member]
+            if self.notify is not None:
+                self.notifiers[member] = Notifier(self.notify, GROUP, member, committer(node, GROUP, member),
+                                                  backoff=0.01)
+            self.coordinators[member] = Coordinator(node, cfg, sources, reporter, clock=self.clock, wall=self.wall,
+                                                    notifier=self.notifiers.get(member))
         return self.coordinators[member]
 
     def lead(self, member: str = "h1") -> int:
@@ -96,8 +104,12 @@ class Harness:
             self.committed.wait(0.02)
             self.committed.clear()
 
-    def start(self, version: str = "2.4") -> None:
-        result = self.group.nodes["h2"].propose("start", version=version, members=MEMBERS, batch_fraction=0.25)
+    def wall(self) -> float:
+        return time.time() if self.now is None else self.now
+
+    def start(self, version: str = "2.4", **policy: Any) -> None:
+        result = self.group.nodes["h2"].propose("start", version=version, members=MEMBERS, batch_fraction=0.25,
+                                                **policy)
         assert result["code"] == "accepted", result
 
     def report(self, host: str, ok: bool = True, step: str = "done", reason: str | None = None) -> dict[str, str]:
@@ -117,6 +129,8 @@ class Harness:
     def stop(self) -> None:
         for reporter in self.reporters:
             reporter.stop()
+        for notifier in self.notifiers.values():
+            notifier.stop()
         for coordinator in self.coordinators.values():
             coordinator._runner.cancel()
 
@@ -504,3 +518,125 @@ def test_a_leader_that_is_leaving_hands_leadership_over_instead_of_removing_itse
     harness.settle(lambda: True)
     assert harness.group.nodes["h1"].handed_over >= 1 and harness.group.nodes["h1"].changes == []
     assert harness.group.state["members"]["h1"]["status"] == fsm.LEAVING
+
+
+# ------------------------------------------------- between batches: bake time, re-checks, windows
+
+
+def recheck(harness: Harness, host: str, ok: bool = True) -> None:
+    release = harness.release
+    result = harness.group.nodes[host].propose(
+        "host_done", op_id=f"{release['id']}:{host}:recheck:{release['gate']['batch']}", release=release["id"],
+        host=host, phase="recheck", ok=ok, step="done" if ok else "preflight:health",
+        reason=None if ok else "HTTP 500 from /health")
+    assert result["code"] == "accepted", result
+
+
+def test_bake_time_then_rechecks_of_every_updated_host_then_the_next_batch(harness: Harness) -> None:
+    harness.lead()
+    harness.start(bake_time=60, max_failures=1)  # longer than the 30 s step deadline: the bake is no step
+    harness.settle(lambda: harness.release["state"] == fsm.ROLLING)
+    harness.report("h2")
+    harness.settle(lambda: harness.release["hold"] is not None)
+    hold = harness.release["hold"]
+    assert hold["reason"] == "bake" and hold["text"].startswith("baking until 20") and hold["text"].endswith("Z")
+    assert abs(hold["until"] - (time.time() + 60)) < 5
+    before = len(harness.group.proposed)
+    for _ in range(5):
+        harness.coordinator("h1").step()
+    assert len(harness.group.proposed) == before  # holding commits once, not on every pass
+    harness.clock.advance(45)
+    harness.settle(lambda: True)
+    assert harness.release["gate"]["recheck"] is None and harness.release["state"] == fsm.ROLLING
+    harness.clock.advance(16)
+    harness.settle(lambda: harness.release["gate"]["recheck"] is not None)
+    assert fsm.open_batch_hosts(harness.group.state) == ["h2"] and harness.release["hold"] is None
+    recheck(harness, "h2")
+    harness.settle(lambda: harness.release["batch"] == 1)
+    assert fsm.open_batch_hosts(harness.group.state) == ["h3"]
+    # batch 2, then a re-check fails: within the budget h2 alone goes back, the release goes on
+    harness.report("h3")
+    harness.settle(lambda: harness.release["gate"] is not None)
+    harness.clock.advance(61)
+    harness.settle(lambda: harness.release["gate"]["recheck"] is not None)
+    assert sorted(harness.release["gate"]["recheck"]) == ["h2", "h3"]
+    recheck(harness, "h3")
+    recheck(harness, "h2", ok=False)
+    harness.settle(lambda: True)
+    assert harness.release["batch"] == 1 and harness.release["hosts"]["h2"]["status"] == fsm.REVERT
+    result = harness.group.nodes["h2"].propose("host_done", op_id=f"{harness.release['id']}:h2:revert",
+                                               release=harness.release["id"], host="h2", phase="revert", ok=True,
+                                               step="done", reason=None)
+    assert result["code"] == "accepted"
+    harness.settle(lambda: harness.release["batch"] == 2)
+    assert harness.release["failed_within_budget"] == [
+        {"host": "h2", "step": "recheck:preflight:health", "reason": "HTTP 500 from /health"}]
+    harness.report("h4")
+    harness.settle(lambda: harness.release["hold"] is not None)
+    harness.clock.advance(61)
+    harness.settle(lambda: harness.release["gate"]["recheck"] is not None)
+    assert sorted(harness.release["gate"]["recheck"]) == ["h3", "h4"]  # h2 runs 2.3 again: not re-checked
+    recheck(harness, "h3")
+    recheck(harness, "h4")
+    harness.settle(lambda: harness.release["batch"] == 3)
+    harness.report("h1")
+    harness.settle(lambda: harness.release["state"] == fsm.CURRENT)  # no bake after the last batch
+    assert harness.release["state"] == fsm.CURRENT
+    registry = harness.tmp / "h1" / "registry.json"
+    harness.settle(lambda: registry.exists() and json.loads(registry.read_text())["state"] == fsm.CURRENT)
+    assert json.loads(registry.read_text())["failed_within_budget"] == ["h2"]
+
+
+def test_no_batch_opens_outside_the_releases_window(harness: Harness) -> None:
+    """The window opens two hours from now (UTC, every day, for an hour): the leader holds batch 1,
+    opens it inside the window, and holds the next batch once the window closed. The window is the
+    release's: no member's config has one (a new leader holds all the same)."""
+    opens = (int(time.time()) // 60 + 120) * 60
+    start, end = (time.strftime("%H:%M", time.gmtime(t)) for t in (opens, opens + 3600))
+    window = {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": start, "end": end,
+              "timezone": "UTC"}
+    harness.lead()
+    harness.start(windows=[window])
+    harness.settle(lambda: harness.release["state"] == fsm.VERIFIED and harness.release["hold"] is not None)
+    expected = time.strftime("%Y-%m-%dT%H:%M+00:00", time.gmtime(opens))
+    assert harness.release["hold"] == {"reason": "window", "until": opens,
+                                       "text": f"waiting for window (opens {expected})"}
+    assert fsm.hold_text(harness.release) == f"waiting for window (opens {expected})"
+    assert not [c for c in harness.group.proposed if c["op"] == "open_batch"]
+    assert harness.coordinator("h3").cfg.rollout.maintenance_windows == ()
+    harness.lead("h3")
+    harness.settle(lambda: True, "h3")
+    assert harness.release["state"] == fsm.VERIFIED and harness.release["hold"]["until"] == opens
+    harness.now = opens + 30.0
+    harness.settle(lambda: harness.release["state"] == fsm.ROLLING, "h3")
+    harness.report("h2")
+    harness.settle(lambda: harness.release["batch"] == 1, "h3")  # inside the window the next batch opens at once
+    harness.now = opens + 3600.0
+    harness.report("h3")
+    harness.settle(lambda: harness.release["hold"] is not None, "h3")
+    assert harness.release["batch"] == 1 and harness.release["hold"]["until"] == opens + 86400
+    harness.now = opens + 86400.0
+    harness.settle(lambda: harness.release["batch"] == 2, "h3")
+def test_notifications_are_sent_once_by_the_leader_and_a_new_leader_sends_none_again(harness: Harness,
+                                                                                      tmp_path: Path) -> None:
+    """The leader notifies from committed state and commits `notified`; a new leader derives the same
+    notifications from the same state, finds them notified and queues nothing (a real local receiver)."""
+    from tests.support.webhook import Receiver
+
+    receiver = Receiver()
+    secret = tmp_path / "webhook.secret"
+    secret.write_text("0123456789abcdef0123")
+    secret.chmod(0o600)
+    harness.notify = NotifyConfig(url=receiver.url, secret_file=str(secret), events=("release_started",))
+    try:
+        harness.lead("h1")
+        harness.start()
+        started = f"{harness.release['id']}:release_started"
+        harness.settle(lambda: started in harness.group.state["notified"], "h1")
+        assert [r["headers"]["X-Quorum-Delivery"] for r in receiver.requests] == [started]
+        harness.lead("h2")
+        harness.coordinator("h2").step()
+        assert harness.notifiers["h2"]._known == set() and harness.notifiers["h2"]._queue == []
+        assert len(receiver.requests) == 1
+    finally:
+        receiver.close()

@@ -1586,6 +1586,9 @@ class FsmMachine(RuleBasedStateMachine):
                        allow_downgrade=data.draw(st.booleans()))
             if data.draw(st.booleans()):
                 cmd["channel"] = "stable"
+            if data.draw(st.booleans()):  # a failure budget, a bake time, a window
+                cmd.update(max_failures=data.draw(st.integers(0, 2)), bake_time=data.draw(st.sampled_from([0, 5])),
+                           windows=data.draw(st.sampled_from([[], [WINDOW]])))
         elif rel["state"] == ROLLED_BACK:
             cmd.update(op="retry")
         elif rel["state"] == PAUSED:
@@ -1599,9 +1602,12 @@ class FsmMachine(RuleBasedStateMachine):
             cmd["release"] = rel["id"]
         elif rel["state"] == ROLLING_BACK and data.draw(st.integers(0, 9)) == 0:
             cmd.update(op="revert_timeout", release=rel["id"], reason="deadline")
+        elif not waiting and rel["state"] == ROLLING and rel["gate"]:  # the leader between batches
+            op = data.draw(st.sampled_from(["hold", "recheck", "next_batch"]))
+            cmd.update(op=op, release=rel["id"], reason="bake", until=float(self.n), text="baking")
         else:
-            phase = "install" if rel["state"] == ROLLING else "revert"
-            cmd.update(op="host_done", release=rel["id"], host=data.draw(st.sampled_from(waiting)), phase=phase,
+            host = data.draw(st.sampled_from(waiting))
+            cmd.update(op="host_done", release=rel["id"], host=host, phase=fsm.host_task(self.state, host),
                        ok=data.draw(st.integers(0, 9)) > 0, step="done")
         self._apply(cmd)
 
@@ -1663,10 +1669,12 @@ class FsmMachine(RuleBasedStateMachine):
             assert (batch if batch is not None else -1) >= last
             self.max_batch[new_rel["id"]] = batch if batch is not None else -1
         # leader commands are fenced: none from an older term than the group has seen is accepted
-        if op in ("downloaded", "verified", "open_batch", "fail", "revert_timeout") and outcome.code == "accepted":
+        if op in ("downloaded", "verified", "open_batch", "fail", "revert_timeout", "hold", "recheck", "next_batch") \
+                and outcome.code == "accepted":
             term = 0 if cmd.get("term") is None else cmd["term"]
             assert type(term) is int and term >= old_rel["term"] and new_rel["term"] == term
-        if op in ("downloaded", "verified", "open_batch", "fail", "revert_timeout", "lead", "liveness") \
+        if op in ("downloaded", "verified", "open_batch", "fail", "revert_timeout", "lead", "liveness", "hold",
+                  "recheck", "next_batch") \
                 and outcome.code == "accepted":
             term = 0 if cmd.get("term") is None else cmd["term"]
             assert term >= old["leader_term"] and new["leader_term"] == term
@@ -1722,13 +1730,23 @@ class FsmMachine(RuleBasedStateMachine):
                 assert e["version"] == rel["version"]
         if rel["batches"]:
             assert sorted(h for b in rel["batches"] for h in b) == rel["members"]
+        tolerated = {f["host"] for f in rel["failed_within_budget"]}
+        event(f"between batches: {bool(rel['gate'])}, failed within budget: {bool(tolerated)}")
+        assert len(tolerated) == len(rel["failed_within_budget"]) <= rel["max_failures"]
+        for host, e in rel["hosts"].items():
+            if e["status"] == REVERT and rel["state"] in (ROLLING, PAUSED):
+                assert host in tolerated, "only a host failed within the budget reverts while the release goes on"
         if rel["state"] == ROLLING:
             assert 0 <= rel["batch"] < len(rel["batches"])
             for b in rel["batches"][:rel["batch"]]:
-                assert all(rel["hosts"][h]["status"] == UPDATED for h in b)
+                assert all(rel["hosts"][h]["status"] == UPDATED or h in tolerated for h in b)
+            if rel["gate"]:
+                assert rel["gate"]["batch"] == rel["batch"] < len(rel["batches"]) - 1
+                assert rel["bake_time"] or rel["windows"]
         if rel["state"] == CURRENT:
             assert s["current_version"] == rel["version"]
-            assert all(e["status"] == UPDATED for e in rel["hosts"].values())
+            assert all(e["status"] == UPDATED or (h in tolerated and e["status"] == REVERTED)
+                       for h, e in rel["hosts"].items())
         if rel["state"] in (ROLLING_BACK, ROLLED_BACK):
             assert rel["failure"] is not None
         if rel["state"] in (ROLLED_BACK, ABORTED):
@@ -1852,3 +1870,200 @@ def test_version_order(lower, higher):
 
 def test_build_metadata_does_not_order():
     assert fsm.compare_versions("2.5+b1", "2.5+b2") == 0
+
+
+# -- failure budget, bake time, maintenance windows (the rules a release keeps from its start) --
+
+WINDOW = {"days": ["mon", "tue"], "start": "02:00", "end": "05:00", "timezone": "Europe/Berlin"}
+
+
+def test_default_policy_is_todays_behaviour():
+    g = Group()
+    g.to_rolling("2.4", hosts(4), batch_fraction=0.25)
+    r = g.release
+    assert (r["max_failures"], r["bake_time"], r["windows"], r["failed_within_budget"]) == (0, 0.0, [], [])
+    g.install(r["batches"][0][0])
+    assert g.release["batch"] == 1 and g.release["gate"] is None  # the next batch opened on the last report
+    g.install(g.release["batches"][1][0], ok=False)
+    assert g.release["state"] == ROLLING_BACK
+    assert g.release["failure"]["reason"] == "http check failed"  # no budget wording with a budget of 0
+
+
+def test_failures_within_the_budget_are_reverted_alone_and_the_release_goes_on():
+    g = Group()
+    g.release_fully("2.3", hosts(6))
+    g.to_rolling("2.4", hosts(6), batch_fraction=0.5, max_failures=1)
+    first, second = g.release["batches"]
+    g.install(first[0])
+    g.install(first[1], ok=False, step="preflight:health", reason="GET /health -> 503")
+    r = g.release
+    assert r["state"] == ROLLING and r["batch"] == 0
+    assert r["hosts"][first[1]]["status"] == REVERT
+    assert r["failed_within_budget"] == [{"host": first[1], "step": "preflight:health", "reason": "GET /health -> 503"}]
+    assert fsm.open_batch_hosts(g.state) == [first[2], first[1]]
+    assert fsm.host_task(g.state, first[1]) == "revert" and fsm.host_task(g.state, first[2]) == "install"
+    g.install(first[2])
+    assert g.release["batch"] == 0  # the batch waits for the revert
+    g.revert(first[1])
+    r = g.release
+    assert r["batch"] == 1 and r["hosts"][first[1]]["status"] == REVERTED and r["hosts"][first[1]]["version"] == "2.3"
+    for h in second:
+        g.install(h)
+    r = g.release
+    assert r["state"] == CURRENT and g.state["current_version"] == "2.4"
+    assert r["failed_within_budget"][0]["host"] == first[1]
+    assert g.state["history"][-1]["detail"] == f"5 of 6 hosts run 2.4; failed within the budget: {first[1]}"
+
+
+def test_one_failure_more_than_the_budget_rolls_the_group_back_including_hosts_reverted_alone():
+    g = Group()
+    g.release_fully("2.3", hosts(4))
+    g.to_rolling("2.4", hosts(4), batch_fraction=1.0, max_failures=1)
+    a, b, c, d = g.release["batches"][0]
+    g.install(a, ok=False)
+    g.install(b)
+    g.install(c, ok=False, reason="boom")
+    r = g.release
+    assert r["state"] == ROLLING_BACK
+    assert r["failure"] == {"host": c, "step": "preflight", "reason": "boom (failure 2, over the budget of 1)"}
+    # a, still reverting alone, is reverted with the others; d was never touched
+    assert sorted(r["rollback"][0]) == sorted([a, b, c, d])
+    assert r["hosts"][d]["status"] == REVERT  # pending in the open batch: it may have started
+    assert [f["host"] for f in r["failed_within_budget"]] == [a]
+
+
+def test_a_failed_revert_of_a_host_within_the_budget_rolls_the_group_back():
+    g = Group()
+    g.release_fully("2.3", hosts(4))
+    g.to_rolling("2.4", hosts(4), batch_fraction=0.5, max_failures=2)
+    first = g.release["batches"][0]
+    g.install(first[0])
+    g.install(first[1], ok=False)
+    g.revert(first[1], ok=False)
+    r = g.release
+    assert r["state"] == ROLLING_BACK and r["hosts"][first[1]]["status"] == REVERT_FAILED
+    assert r["failure"]["host"] == first[1]
+    assert "revert after a failure within the budget failed" in r["failure"]["reason"]
+    assert r["rollback"] == [[first[0]]]
+
+
+def test_bake_time_holds_the_next_batch_until_the_leader_rechecks_every_updated_host():
+    g = Group()
+    g.release_fully("2.3", hosts(6))
+    g.to_rolling("2.4", hosts(6), batch_fraction=0.3, bake_time=300, max_failures=1)
+    b0, b1, b2 = g.release["batches"]
+    for h in b0:
+        g.install(h)
+    r = g.release
+    assert r["batch"] == 0 and r["gate"] == {"batch": 0, "since": g.state["history"][-1]["time"], "recheck": None}
+    assert fsm.open_batch_hosts(g.state) == []
+    g.do("next_batch", "conflict", release=g.rid)  # not re-checked yet
+    g.do("hold", release=g.rid, reason="bake", until=2000.0, text="baking until 1970-01-01T00:33:20Z")
+    assert fsm.hold_text(g.release) == "baking until 1970-01-01T00:33:20Z"
+    g.do("recheck", release=g.rid)
+    assert g.release["hold"] is None and fsm.hold_text(g.release) == "re-checking 2 updated hosts"
+    assert fsm.open_batch_hosts(g.state) == b0 and fsm.host_task(g.state, b0[0]) == "recheck"
+    g.do("recheck", "noop", release=g.rid)
+    g.do("host_done", release=g.rid, host=b0[0], phase="recheck", ok=True, step="done", reason=None, actor=b0[0])
+    g.do("host_done", "invalid", release=g.rid, host=b0[0], phase="recheck", ok=True, step="done", actor=b0[0])
+    g.do("next_batch", "conflict", release=g.rid)
+    g.do("host_done", release=g.rid, host=b0[1], phase="recheck", ok=True, step="done", reason=None, actor=b0[1])
+    g.do("next_batch", release=g.rid)
+    r = g.release
+    assert r["batch"] == 1 and r["gate"] is None and fsm.open_batch_hosts(g.state) == b1
+    for h in b1:
+        g.install(h)
+    g.do("recheck", release=g.rid)
+    assert sorted(fsm.open_batch_hosts(g.state)) == sorted(b0 + b1)
+    # a re-check failure is a failure: within the budget the host is reverted alone
+    g.do("host_done", release=g.rid, host=b0[1], phase="recheck", ok=False, step="preflight:health",
+         reason="GET /health -> 500", actor=b0[1])
+    r = g.release
+    assert r["state"] == ROLLING and r["hosts"][b0[1]]["status"] == REVERT
+    assert r["failed_within_budget"] == [{"host": b0[1], "step": "recheck:preflight:health",
+                                          "reason": "GET /health -> 500"}]
+    for h in [b0[0], *b1]:
+        g.do("host_done", release=g.rid, host=h, phase="recheck", ok=True, step="done", reason=None, actor=h)
+    g.do("next_batch", "conflict", release=g.rid)  # still reverting alone
+    g.revert(b0[1])
+    g.do("next_batch", release=g.rid)
+    for h in b2:
+        g.install(h)
+    assert g.release["state"] == CURRENT  # no bake after the last batch
+
+
+def test_recheck_failure_over_the_budget_rolls_back():
+    g = Group()
+    g.release_fully("2.3", hosts(4))
+    g.to_rolling("2.4", hosts(4), batch_fraction=0.5, bake_time=1)
+    first = g.release["batches"][0]
+    for h in first:
+        g.install(h)
+    g.do("recheck", release=g.rid)
+    g.do("host_done", release=g.rid, host=first[0], phase="recheck", ok=False, step="preflight:x", reason="down",
+         actor=first[0])
+    r = g.release
+    assert r["state"] == ROLLING_BACK and r["failure"] == {"host": first[0], "step": "recheck:preflight:x",
+                                                          "reason": "down"}
+    assert r["gate"] is None and r["rollback"] == [first]
+
+
+def test_windows_gate_every_batch_and_the_leader_commits_what_it_waits_for():
+    g = Group()
+    g.start("2.4", hosts(4), batch_fraction=0.5, windows=[WINDOW])
+    assert g.release["windows"] == [WINDOW]
+    g.downloaded()
+    g.verified()
+    g.do("hold", release=g.rid, reason="window", until=5000.0, text="waiting for window (opens 2026-12-07T02:00+01:00)")
+    g.do("hold", "noop", release=g.rid, reason="window", until=5000.0,
+         text="waiting for window (opens 2026-12-07T02:00+01:00)")
+    assert fsm.hold_text(g.release) == "waiting for window (opens 2026-12-07T02:00+01:00)"
+    g.open_batch()
+    assert g.release["hold"] is None
+    for h in g.release["batches"][0]:
+        g.install(h)
+    assert g.release["gate"]["recheck"] is None
+    g.do("recheck", release=g.rid)  # allowed without a bake time, not needed
+    g.do("next_batch", release=g.rid)
+    assert g.release["batch"] == 1
+
+
+@pytest.mark.parametrize("args", [
+    {"max_failures": -1}, {"max_failures": 1.5}, {"max_failures": True}, {"bake_time": -1},
+    {"bake_time": math.inf}, {"bake_time": "60"}, {"windows": {"start": "02:00"}},
+    {"windows": [{**WINDOW, "start": "2:00"}]}, {"windows": [{**WINDOW, "days": ["monday"]}]},
+    {"windows": [{k: v for k, v in WINDOW.items() if k != "timezone"}]},
+])
+def test_start_rejects_a_bad_policy(args):
+    g = Group()
+    g.start(members=hosts(3), expect="invalid", **args)
+    assert g.release is None
+
+
+def test_leader_gate_commands_are_fenced_and_need_a_waiting_batch():
+    g = Group()
+    g.to_rolling("2.4", hosts(4), batch_fraction=0.5, bake_time=10)
+    g.do("recheck", "invalid", release=g.rid)  # batch 1 has not reported
+    g.do("hold", "invalid", release=g.rid, reason="bake", until=1.0, text="x")
+    for h in g.release["batches"][0]:
+        g.install(h)
+    g.do("hold", "invalid", release=g.rid, reason="nap", until=1.0, text="x")
+    g.term = 5
+    g.do("lead", actor="h01")
+    g.term = 4
+    g.do("recheck", "invalid", release=g.rid)  # a deposed leader
+    g.term = 5
+    g.do("recheck", release=g.rid)
+
+
+def test_retry_keeps_the_policy():
+    g = Group()
+    g.release_fully("2.3", hosts(4))
+    g.to_rolling("2.4", hosts(4), batch_fraction=1.0, bake_time=30, windows=[WINDOW])
+    g.install(g.release["batches"][0][0], ok=False)
+    while g.release["state"] == ROLLING_BACK:
+        for h in fsm.open_batch_hosts(g.state):
+            g.revert(h)
+    g.do("retry")
+    r = g.release
+    assert r["attempt"] == 2 and (r["max_failures"], r["bake_time"], r["windows"]) == (0, 30.0, [WINDOW])

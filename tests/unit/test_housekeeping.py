@@ -82,7 +82,7 @@ def test_six_releases_with_keep_two_leave_two_releases_and_two_artifacts(tmp_pat
     assert H.prune_host(host.root, host.store, keep_releases=2, protect_versions={"5.0"},
                         protect_digests={host.digests["6.0"]}).fields() == {
         "removed_versions": [], "removed_digests": [], "removed_partials": [], "removed_leftovers": [],
-        "bytes_freed": 0, "errors": []}
+        "removed_seeds": [], "bytes_freed": 0, "errors": []}
 
 
 def test_current_and_protected_versions_are_kept_even_when_older(tmp_path: Path) -> None:

@@ -278,3 +278,47 @@ def _try_connect(target: tuple[str, int], source: str) -> socket.socket | None:
         return socket.create_connection(target, timeout=1, source_address=(source, 0))
     except OSError:
         return None
+
+
+def test_the_first_vote_request_after_a_long_quiet_crosses_the_link_between_followers(make_node, subnet, monkeypatch):
+    """Links between followers carry nothing while the leader is healthy; pysyncobj dropped such a
+    link on its first send or read after connectionTimeout (3.5 s) without a read, so the first
+    vote requests after the leader died were lost and every failover took a second election
+    (docs/benchmarks.md, Raft by group size)."""
+    sent: list[tuple[str, str, int]] = []
+    received: list[tuple[str, str, int]] = []
+    send, deliver = T.HardenedTransport.send, T.HardenedTransport._onMessageReceived
+
+    def record_send(self, node, message):
+        if isinstance(message, dict) and message.get("type") == "request_vote":
+            sent.append((self._selfNode.address, node.address, message["term"]))
+        return send(self, node, message)
+
+    def record_receipt(self, node, message):
+        if isinstance(message, dict) and message.get("type") == "request_vote":
+            received.append((node.address, self._selfNode.address, message["term"]))
+        return deliver(self, node, message)
+
+    monkeypatch.setattr(T.HardenedTransport, "send", record_send)
+    monkeypatch.setattr(T.HardenedTransport, "_onMessageReceived", record_receipt)
+    addresses = [f"{subnet}.{i}:{PORT}" for i in (2, 3, 4)]
+    nodes = [make_node(a, [p for p in addresses if p != a]) for a in addresses]
+    leader = wait(lambda: next((n for n in nodes if n.is_leader()), None), 15)
+    survivors = [n for n in nodes if n is not leader]
+    time.sleep(4.5)  # the quiet itself: longer than pysyncobj's connectionTimeout (3.5 s)
+    assert all(a.peer_connected(b.node_id) for a in survivors for b in survivors if a is not b)
+    sent.clear()
+    leader.stop()
+    wait(lambda: any(n.is_leader() for n in survivors), 15)
+    first = next(s for s in sent if s[1] != leader.node_id)  # (from, to, term): the first request to a survivor
+    assert first in received, f"lost: {first}; sent {sent}; received {received}"
+
+
+def test_raft_timing_from_the_config_reaches_pysyncobj(tmp_path, subnet):
+    node = GroupNode(node_id="a", group="g", address=f"{subnet}.2:{PORT}", peers=[], secret=SECRET,
+                     data_dir=str(tmp_path / "a"), on_change=lambda: None, timing=(0.05, 0.3, 0.9))
+    try:
+        conf = node._SyncObj__conf  # type: ignore[attr-defined]
+        assert (conf.appendEntriesPeriod, conf.raftMinTimeout, conf.raftMaxTimeout) == (0.05, 0.3, 0.9)
+    finally:
+        node.stop()

@@ -35,7 +35,7 @@ class Member:
     """The group at `rolling`, batch 1 open for h2, and h2's worker (h1 leads, h2 then h3 then h1)."""
 
     def __init__(self, tmp: Path, mirror: Any, *, hooks: Hooks | None = None, version: str = "2.4",
-                 running: str | None = None) -> None:
+                 running: str | None = None, **policy: Any) -> None:
         self.tmp, self.mirror = tmp, mirror
         self.hook_log = tmp / "hooks.log"
         self.flags = tmp / "flags"
@@ -55,7 +55,7 @@ class Member:
             self.cfg, artifacts.Store(Path(self.cfg.data_dir) / "store"),
             signing.TrustPolicy.from_config(self.cfg.artifacts), SECRET))
         self.term = self.group.elect("h1")
-        self._rolling(version, running)
+        self._rolling(version, running, policy)
 
     def hook(self, name: str) -> str:
         return f'echo "$QR_HOOK $QR_VERSION" >> {self.tmp}/hooks.log'
@@ -64,10 +64,10 @@ class Member:
         result = self.group.nodes["h1"].propose(op, term=self.term, **args)
         assert result["code"] == "accepted", (op, result)
 
-    def _rolling(self, version: str, running: str | None) -> None:
+    def _rolling(self, version: str, running: str | None, policy: dict[str, Any]) -> None:
         urls = {m: {"address": f"{m}:4321", "api_url": f"http://127.0.0.1:1/{m}"} for m in MEMBERS}
         self.leader("lead", members=urls)
-        self.leader("start", version=version, members=MEMBERS, batch_fraction=0.25, running_version=running)
+        self.leader("start", version=version, members=MEMBERS, batch_fraction=0.25, running_version=running, **policy)
         release = self.release["id"]
         raw = (self.mirror.root / NAME / version / "manifest.json").read_text()
         manifest = signing.verify_manifest(raw.encode(), self.worker.sources.policy, now=time.time(), name=NAME,
@@ -294,3 +294,35 @@ def test_a_joining_member_installs_the_group_version_before_it_counts(tmp_path: 
     assert m.hooks_run()[-1] == "h4 start 2.4"
     assert m.group.state["members"]["h4"]["status"] == fsm.ACTIVE
     assert m.group.history(op="member_ready")[0]["detail"] == "h4 joined (runs 2.4)"
+
+
+# ------------------------------------------------------------------ failure budget and re-checks
+
+
+def test_a_failure_within_the_budget_reverts_this_host_alone(tmp_path: Path, mirror: Any) -> None:
+    m = Member(tmp_path, mirror, running="2.3", max_failures=1)
+    (m.flags / "fail-2.4").touch()
+    m.worker.step()
+    assert m.host["status"] == fsm.REVERT and m.release["state"] == fsm.ROLLING
+    assert fsm.host_task(m.group.state, "h2") == "revert"
+    m.worker.step()
+    assert install.current_version(m.root) == "2.3" and m.hooks_run()[-2:] == ["stop 2.3", "start 2.3"]
+    assert m.host["status"] == fsm.REVERTED and m.release["state"] == fsm.ROLLING
+    assert fsm.open_batch_hosts(m.group.state) == ["h3"]  # the release went on
+    assert [f["host"] for f in m.release["failed_within_budget"]] == ["h2"]
+
+
+def test_a_recheck_runs_the_checks_again_and_a_failure_counts(tmp_path: Path, mirror: Any) -> None:
+    m = Member(tmp_path, mirror, running="2.3", max_failures=1, bake_time=5)
+    m.worker.step()
+    assert m.host["status"] == fsm.UPDATED and m.release["gate"]["batch"] == 0
+    m.worker.step()  # nothing to do while the batch waits
+    m.leader("recheck", release=m.release["id"])
+    assert fsm.host_task(m.group.state, "h2") == "recheck"
+    hooks = m.hooks_run()
+    (m.flags / "fail-2.4").touch()  # the service went bad during the bake
+    m.worker.step()
+    assert m.hooks_run() == hooks  # a re-check restarts nothing
+    assert m.release["failed_within_budget"][0]["step"] == "recheck:preflight:health"
+    m.worker.step()
+    assert install.current_version(m.root) == "2.3" and m.host["status"] == fsm.REVERTED

@@ -83,6 +83,7 @@ def token_file(tmp_path, agent):
 def clean_env(monkeypatch):
     monkeypatch.delenv("QUORUM_ROLLOUT_API_URL", raising=False)
     monkeypatch.delenv("QUORUM_ROLLOUT_API_TOKEN", raising=False)
+    monkeypatch.delenv("QUORUM_ROLLOUT_VALIDATE_CERTS", raising=False)
     return monkeypatch
 
 

@@ -92,6 +92,9 @@ BASE_VARS = {
         {"name": "port", "type": "tcp", "address": "127.0.0.1:8080"},
     ],
     "quorum_rollout_registry": {"type": "file", "path": "/var/lib/quorum-rollout-registry/group.json"},
+    "quorum_rollout_notify": {"url": "https://hooks.example.com/quorum",
+                              "events": ["group_current", "group_rolled_back"]},
+    "quorum_rollout_notify_secret": "webhook-secret-0123456789",
     "quorum_rollout_canary": True,
     "quorum_rollout_channel": "stable",
     "quorum_rollout_channel_interval": 30,
@@ -103,13 +106,15 @@ BASE_VARS = {
     "quorum_rollout_api_bind": "10.0.0.1",
     "quorum_rollout_api_tls_cert": "/etc/quorum-rollout/tls/cert.pem",
     "quorum_rollout_api_tls_key": "/etc/quorum-rollout/tls/key.pem",
+    "quorum_rollout_metrics_token": "fleet-wide-metrics-token-0123",
 }
 
 
 def test_config_template_passes_check_config(tmp_path: Path) -> None:
     single = {**BASE_VARS, "_quorum_rollout_peers": [], "quorum_rollout_api_tls_cert": "", "quorum_rollout_channel": "",
+              "quorum_rollout_metrics_token": "",
               "quorum_rollout_api_tls_key": "", "quorum_rollout_registry": {"type": "none"},
-              "quorum_rollout_restart_command": "", "quorum_rollout_preflight_checks": []}
+              "quorum_rollout_notify": {}, "quorum_rollout_restart_command": "", "quorum_rollout_preflight_checks": []}
     for name, extra in (("full", BASE_VARS), ("single", single)):
         work = tmp_path / name
         work.mkdir()
@@ -128,11 +133,14 @@ def test_config_template_passes_check_config(tmp_path: Path) -> None:
             assert cfg["artifacts"]["trusted_keys"][0]["public_key"].startswith("3q2+")
             assert cfg["install"]["hooks"] == {"restart": "systemctl restart 'demo app'", "timeout": 60.0}
             assert cfg["api"]["tls_cert"] == "/etc/quorum-rollout/tls/cert.pem"
+            assert cfg["api"]["metrics_token_file"] == str(work / "metrics.token")
+            assert cfg["notify"] == {**BASE_VARS["quorum_rollout_notify"], "secret_file": str(work / "notify.secret")}
             assert cfg["rollout"]["canary"] is True
             assert (cfg["artifacts"]["channel"], cfg["artifacts"]["channel_interval"]) == ("stable", 30.0)
         else:
             assert peers == [] and cfg["checks"] == [] and cfg["install"]["hooks"] == {"timeout": 60.0}
             assert "channel" not in cfg["artifacts"], "autonomous mode is off by default"
+            assert "metrics_token_file" not in cfg["api"], "no metrics token by default"
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed "

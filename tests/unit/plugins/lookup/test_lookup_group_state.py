@@ -63,6 +63,35 @@ def test_url_and_token_from_options_and_environment(lookup, agent, token_file, c
     assert lookup.run([], query="group") == ["intel-eu1a"]
 
 
+def test_options_from_variables_and_an_argument_wins(lookup, agent, token_file, clean_env):
+    variables = {"quorum_rollout_api_url": agent.url, "quorum_rollout_api_token_file": token_file,
+                 "quorum_rollout_api_ca_path": "", "quorum_rollout_api_timeout": 5}
+    assert lookup.run([], variables=variables, query="group") == ["intel-eu1a"]
+    # An argument wins over a variable; the token passed hides the configured token file.
+    with pytest.raises(AnsibleError, match="401 from GET"):
+        lookup.run([], variables=variables, api_token="wrong", query="group")
+    assert lookup.run([], variables=variables, api_token=agent.token, query="group") == ["intel-eu1a"]
+    with pytest.raises(AnsibleError, match="mutually exclusive"):
+        lookup.run([], variables=dict(variables, quorum_rollout_api_token=agent.token), query="group")
+
+
+def test_every_example_query_runs_against_an_agent(lookup, agent, clean_env):
+    """Each JMESPath query of EXAMPLES compiles and runs against a group with a release under way."""
+    import re
+
+    agent.group.start("2.4", False)
+    queries = re.findall(r"query=(?:'([^']*)'|\"([^\"]*)\")", group_state.EXAMPLES)
+    queries = [single or double for single, double in queries]
+    assert len(queries) >= 8, queries
+    results = {}
+    for query in queries:
+        full = "node." in query or "members[" in query
+        [results[query]] = lookup.run([agent.url], api_token=agent.token, query=query, full=full)
+    assert results["[release.version, release.batch, length(release.batches)]"][0] == "2.4"
+    assert results["{leader: node.leader, quorum: node.has_quorum}"] == {"leader": "h2", "quorum": True}
+    assert results["members[?!reachable].id"] == []
+
+
 def test_invalid_query(lookup, agent, clean_env):
     with pytest.raises(AnsibleError, match="invalid JMESPath query 'release.\\[': "):
         lookup.run([agent.url], api_token=agent.token, query="release.[")

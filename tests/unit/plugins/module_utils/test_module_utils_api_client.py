@@ -318,6 +318,12 @@ def test_describe_release():
     assert describe_release("g", rel) == "group g: release 2.5 rolled_back: host h7 failed at preflight:health: HTTP 500"
     assert describe_release("g", {"version": "1", "state": "paused", "paused_from": "verified"}) == (
         "group g: release 1 paused (paused from verified)")
+    rel = {"version": "2.4", "state": "rolling", "batch": 0, "batches": [["a"], ["b"]],
+           "hold": {"reason": "bake", "until": 1.0, "text": "baking until 2026-12-02T07:10:00Z"}}
+    assert describe_release("g", rel) == "group g: release 2.4 rolling (batch 1/2) (baking until 2026-12-02T07:10:00Z)"
+    rel = {"version": "2.4", "state": "current", "hold": None,
+           "failed_within_budget": [{"host": "h3", "step": "preflight:health", "reason": "HTTP 500"}]}
+    assert describe_release("g", rel) == "group g: release 2.4 current; failed within the budget (reverted alone): h3"
 
 
 # -- TLS -----------------------------------------------------------------------------------
@@ -325,32 +331,10 @@ def test_describe_release():
 
 @pytest.fixture
 def tls_files(tmp_path):
-    """A self-signed certificate for 127.0.0.1 (made with cryptography, the agent's own dependency)."""
-    import datetime
-    import ipaddress
+    from ansible_collections.quorum.rollout.tests.unit.plugins.fake_agent import self_signed
 
     pytest.importorskip("cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, u"quorum-rollout-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(u"127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return str(certfile), str(keyfile)
+    return self_signed(str(tmp_path))
 
 
 def test_https_with_ca_path(tls_files):
@@ -366,6 +350,22 @@ def test_https_with_ca_path(tls_files):
         assert err.value.status is None
         assert not err.value.transient
         assert "check ca_path" in str(err.value)
+
+
+def test_validate_certs_false_accepts_a_certificate_nothing_vouches_for(tls_files):
+    from ansible_collections.quorum.rollout.tests.unit.plugins.fake_agent import FakeAgent
+
+    with FakeAgent(tls=tls_files) as tls_agent:
+        with pytest.raises(AgentApiError, match="validate_certs=false skips the check"):
+            AgentApiOptions.from_dict({"api_token": tls_agent.token}, env={}).client(url=tls_agent.url).status()
+        options = AgentApiOptions.from_dict({"api_token": tls_agent.token, "validate_certs": False}, env={})
+        assert options.client(url=tls_agent.url).status()["group"] == "intel-eu1a"
+        # The host name is not checked either (the certificate names 127.0.0.1 only).
+        assert AgentClient(tls_agent.url.replace("127.0.0.1", "localhost"), tls_agent.token,
+                           validate_certs=False).status()["group"] == "intel-eu1a"
+        with pytest.raises(AgentApiError, match="TLS error"):
+            AgentClient(tls_agent.url.replace("127.0.0.1", "localhost"), tls_agent.token,
+                        ca_path=tls_files[0]).status()
 
 
 def test_unreadable_ca_path_is_an_option_error(tmp_path):
