@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -163,18 +164,22 @@ def test_release_24_reaches_every_group(fleet: LocalFleet) -> None:
 
 
 def test_release_check_mode_predicts_per_group_and_returns_at_once(fleet: LocalFleet) -> None:
-    """--check sends nothing and waits for nothing: each group's line is the prediction."""
-    out = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.5", "-e", "rollout_timeout=600",
-                             log="release-2.5-check"), "release.yml --check -e version=2.5")
+    """--check sends nothing and waits for nothing: each group's line is the prediction (with waves, every
+    wave is predicted, each line naming its group's wave); status.yml --check reads and changes nothing."""
+    out = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.5", "-e", "rollout_timeout=600", "-e",
+                             'rollout_waves=[["amd-eu1a"],["intel-*"],["*"]]', log="release-2.5-check"),
+              "release.yml --check -e version=2.5")
     lines = _lines_of_last_debug(out)
     assert len(lines) == 4, lines
+    waves = {"amd-eu1a": 1, "amd-eu1b": 3, "intel-eu1a": 2, "intel-eu1b": 2}
     for group, line in zip(sorted(fleet.groups), lines):
         assert line.split()[:3] == [group, "check", "2.5"] and "would start release 2.5" in line, line
-        assert "nothing sent" in line, line
+        assert "nothing sent" in line and line.endswith(f"| wave {waves[group]} of 3"), line
     again = _ok(fleet.playbook("release.yml", "--check", "-e", "version=2.4", log="release-2.4-check"),
                 "release.yml --check -e version=2.4")
     assert all("no change" in line for line in _lines_of_last_debug(again)), _lines_of_last_debug(again)
-    status = _lines_of_last_debug(_ok(fleet.playbook("playbooks/status.yml", log="status-after-check"), "status.yml"))
+    status = _lines_of_last_debug(_ok(fleet.playbook("playbooks/status.yml", "--check", log="status-after-check"),
+                                      "status.yml --check"))
     assert len(status) == 4 and all(re.search(r"runs 2\.4\s+release 2\.4\s+current", line) for line in status), status
     assert {h.current() for h in fleet.hosts} == {"2.4"}
 
@@ -221,18 +226,28 @@ def test_status_module_and_lookup_agree(fleet: LocalFleet) -> None:
             assert re.search(r"runs 2\.5\s+release 2\.5\s+current", line), line
 
 
-def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
-    """Start 2.6 in one group behind Ansible's back; release.yml for 2.6 attaches (no new start) and waits."""
-    archive = fleet.base / "build" / "demo-app-2.6.tar.gz"
-    build = fleet.base / "build" / "2.6"
+def _sign_release(fleet: LocalFleet, version: str, broken_on: tuple[str, ...] = ()) -> None:
+    """Build the demo app's release `version` and sign it onto the mirror with the CLI: what publish.yml
+    does, in a second rather than a whole playbook run. `broken_on`: CPU kinds whose /health answers 500."""
+    archive = fleet.base / "build" / f"demo-app-{version}.tar.gz"
+    build = fleet.base / "build" / version
     build.mkdir(parents=True)
-    (build / "VERSION").write_text("2.6\n")
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(build), "VERSION", "-C",
+    (build / "VERSION").write_text(f"{version}\n")
+    names = ["VERSION"]
+    if broken_on:
+        (build / "BROKEN_ON").write_text("\n".join(broken_on) + "\n")
+        names.append("BROKEN_ON")
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(build), *names, "-C",
                     str(Path(__file__).resolve().parents[2] / "roles" / "demo_app" / "files"), "demo_app.py"],
                    check=True)
-    subprocess.run([PY, "-m", "quorum_rollout", "sign", str(archive), "--name", "demo-app", "--version", "2.6",
+    subprocess.run([PY, "-m", "quorum_rollout", "sign", str(archive), "--name", "demo-app", "--version", version,
                     "--key", str(fleet.key_prefix.with_suffix(".key")), "--mirror-dir", str(fleet.mirror_dir)],
                    check=True, capture_output=True)
+
+
+def test_rerun_attaches_to_a_release_in_progress(fleet: LocalFleet) -> None:
+    """Start 2.6 in one group behind Ansible's back; release.yml for 2.6 attaches (no new start) and waits."""
+    _sign_release(fleet, "2.6")
     group = "intel-eu1a"
     members = fleet.groups[group]
     cli = str(fleet.base / "venv" / "bin" / "quorum-rollout")
@@ -261,6 +276,101 @@ def test_a_version_on_no_mirror_is_refused_in_every_group(fleet: LocalFleet) -> 
         assert line.split()[1:3] == ["refused", "9.9"] and "not published on any mirror" in line, lines
     assert "Nothing was started in this group" in proc.stdout
     assert {h.name: h.current() for h in fleet.hosts} == before
+
+
+def _group_state(fleet: LocalFleet, group: str) -> dict[str, Any]:
+    """The group's replicated state, as `quorum-rollout status --json` on its first member prints it."""
+    out = subprocess.run([str(fleet.base / "venv" / "bin" / "quorum-rollout"), "status", "--json", "-c",
+                          str(fleet.groups[group][0].config_file)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["state"]  # type: ignore[no-any-return]
+
+
+def _started_and_current(state: dict[str, Any]) -> tuple[float, float | None]:
+    """When the group's release was started and when it became current (its history, the leader's clock)."""
+    entries = [e for e in state["history"] if e["release"] == state["release"]["id"]]
+    current = [e["time"] for e in entries if e["to"] == "current"]
+    return min(e["time"] for e in entries), (current[0] if current else None)
+
+
+def _by_group(output: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in _lines_of_last_debug(output)}
+
+
+def test_waves_go_in_order_and_a_rollback_stops_the_later_waves(fleet: LocalFleet) -> None:
+    """rollout_waves: intel-* (one group at a time), then amd-eu1a, then the rest. 2.7 is broken on AMD:
+    amd-eu1a rolls back in wave 2, so wave 3 (amd-eu1b) is not started and the run fails saying so."""
+    _sign_release(fleet, "2.7", broken_on=("amd",))
+    waves = '[["intel-*"],["amd-eu1a"],["*"]]'  # no spaces: -e key=value ends the value at the first one
+    before = {h.name: h.current() for h in fleet.hosts}
+
+    # A pattern that matches no group: one clear error before anything is sent.
+    bad = fleet.playbook("release.yml", "-e", "version=2.7", "-e", 'rollout_waves=[["arm64-*"],["*"]]',
+                         log="release-2.7-bad-waves")
+    assert bad.returncode != 0
+    assert "rollout_waves: pattern 'arm64-*' of wave 1 matches no group; the groups are: amd-eu1a, amd-eu1b," in (
+        bad.stdout), bad.stdout[-3000:]
+    assert all((_group_state(fleet, g)["release"] or {}).get("version") != "2.7" for g in fleet.groups)
+
+    proc = fleet.playbook("release.yml", "-e", "version=2.7", "-e", f"rollout_waves={waves}", "-e",
+                          "rollout_max_parallel_groups=1", "-e", "rollout_poll=1", "-e", "rollout_timeout=240",
+                          log="release-2.7-waves")
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    lines = _by_group(proc.stdout)
+    for group in ("intel-eu1a", "intel-eu1b"):
+        assert lines[group].split()[1:3] == ["current", "2.7"] and lines[group].endswith("| wave 1 of 3"), lines
+    assert lines["amd-eu1a"].split()[1:3] == ["rolled_back", "2.7"] and "failed host amd-eu1a-" in lines["amd-eu1a"]
+    assert lines["amd-eu1b"].split()[1:4] == ["not", "started", "2.7"], lines["amd-eu1b"]
+    assert "wave 3 of 3: not started because amd-eu1a rolled_back" in lines["amd-eu1b"], lines["amd-eu1b"]
+    assert "group amd-eu1b: release 2.7 not started: it is in wave 3" in proc.stdout, proc.stdout[-3000:]
+
+    # Wave 3 untouched: no release of 2.7 was ever started there, its hosts run what they ran.
+    assert _group_state(fleet, "amd-eu1b")["release"]["version"] != "2.7"
+    for host in fleet.groups["amd-eu1b"] + fleet.groups["amd-eu1a"]:
+        assert host.current() == before[host.name], host.name
+    # In order, by the groups' own history: intel-eu1b started after intel-eu1a was current (one group at a
+    # time), amd-eu1a after both.
+    times = {g: _started_and_current(_group_state(fleet, g)) for g in ("intel-eu1a", "intel-eu1b", "amd-eu1a")}
+    assert times["intel-eu1a"][1] is not None and times["intel-eu1b"][1] is not None, times
+    assert times["intel-eu1b"][0] >= times["intel-eu1a"][1], times
+    assert times["amd-eu1a"][0] >= max(times["intel-eu1a"][1], times["intel-eu1b"][1]), times
+
+
+def test_one_command_pauses_and_resumes_every_group(fleet: LocalFleet) -> None:
+    """The fleet-wide emergency stop: `release.yml -e rollout_action=paused` (no version) pauses the release
+    under way in every group, whatever its version, and leaves the groups with nothing under way alone;
+    `-e rollout_action=resumed` resumes them and waits for the end. The releases are held in their download
+    by the mirror answering 503 for the artifact (the mirror's `.fail` side file) until the pause is in."""
+    _sign_release(fleet, "2.8")
+    blocker = fleet.mirror_dir / "demo-app" / "2.8" / "demo-app-2.8.tar.gz.fail"
+    blocker.write_text("100000 503\n")
+    held = ["amd-eu1b", "intel-eu1b"]
+    cli = str(fleet.base / "venv" / "bin" / "quorum-rollout")
+    try:
+        for group in held:
+            subprocess.run([cli, "release", "2.8", "-c", str(fleet.groups[group][0].config_file)], check=True,
+                           capture_output=True, env={**os.environ, "NO_PROXY": "*"})
+        assert {_group_state(fleet, g)["release"]["state"] for g in held} == {"running_old_release"}
+
+        lines = _by_group(_ok(fleet.playbook("release.yml", "-e", "rollout_action=paused", "-e", "rollout_poll=1",
+                                             log="release-pause-all"), "release.yml -e rollout_action=paused"))
+        assert sorted(lines) == sorted(fleet.groups), lines
+        for group in held:
+            assert lines[group].split()[1:3] == ["paused", "2.8"], lines[group]
+            assert _group_state(fleet, group)["release"]["state"] == "paused"
+        assert lines["intel-eu1a"].split()[1:] == ["idle", "2.7", "|", "nothing", "to", "pause:", "release", "2.7",
+                                                   "is", "current"], lines["intel-eu1a"]
+        assert "nothing to pause: release 2.7 is rolled_back" in lines["amd-eu1a"], lines["amd-eu1a"]
+    finally:
+        blocker.unlink(missing_ok=True)
+
+    lines = _by_group(_ok(fleet.playbook("release.yml", "-e", "rollout_action=resumed", "-e", "rollout_poll=1", "-e",
+                                         "rollout_timeout=240", log="release-resume-all"),
+                          "release.yml -e rollout_action=resumed"))
+    for group in held:
+        assert lines[group].split()[1:3] == ["current", "2.8"], lines[group]
+        for host in fleet.groups[group]:
+            assert host.current() == "2.8", host.name
+    assert "nothing to resume: release 2.7 is rolled_back" in lines["amd-eu1a"], lines["amd-eu1a"]
 
 
 def test_agent_logs_are_json_lines_without_floods(fleet: LocalFleet) -> None:
