@@ -918,6 +918,11 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
                 raise
             except _STOP:
                 raise
+            except PeersUnavailable as exc:
+                if exc.causes and all(isinstance(e, HttpError) and e.status in (404, 503) for _, e in exc.causes):
+                    raise  # no holder has any of it yet, or all are busy: the whole file gets the same answer
+                _emit(log, "chunks_fallback", "warning", version=manifest.version, sha256=manifest.sha256,
+                      cause=str(exc)[:500], kind=type(exc).__name__)
             except (ArtifactError, TrustError) as exc:
                 _emit(log, "chunks_fallback", "warning", version=manifest.version, sha256=manifest.sha256,
                       cause=str(exc)[:500], kind=type(exc).__name__)

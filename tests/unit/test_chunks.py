@@ -421,3 +421,14 @@ def test_a_corrupted_range_from_a_peer_is_refused_and_the_whole_file_is_fetched(
     # then the whole file, resumed after the verified chunks already written (never after unverified bytes)
     last = holder.requests[-1].headers.get("Range", "bytes=0-")
     assert last.startswith("bytes=") and last.endswith("-")
+
+
+def test_a_holder_with_nothing_yet_is_left_for_the_next_try_without_a_whole_file_request(
+        make_mirror: MakeMirror, keyfile: str, store: Store) -> None:
+    mirror, _v1, _v2 = member_with_previous_release(make_mirror, keyfile, store)
+    empty, events = holder_of(make_mirror, b"another file"), []  # 404 for 2.5's digest
+    with pytest.raises(artifacts.PeersUnavailable, match="404"):
+        artifacts.fetch_from_peers([("m1", empty.url)], manifest_of(mirror, "2.5"), store, SECRET,
+                                   make_cfg(mirror.url), log=lambda name, **f: events.append((name, f)))
+    assert len(empty.requests) == 1 and empty.requests[0].headers.get("Range")  # one range, no whole-file retry
+    assert not any(name == "chunks_fallback" for name, _ in events)
