@@ -10,9 +10,11 @@ published with a chunk index (`quorum-rollout sign --chunks`) and, for compariso
 Measured per release: bytes the mirror served (index and chunks, or the file), time from
 POST /v1/releases to `current`, the leader's reassembly rate (the agent's `chunks_fetched` event: size /
 seconds, local chunks copied and re-hashed, missing ones fetched), and the leader agent's RSS
-growth over the run (VmHWM after - VmRSS before the first release). Also the publisher's chunking
-rate (`chunks.build_index`, CPU time, so per core). Members fetch the whole reassembled file from
-peers in both modes (N - 1 copies of S over the zone link; fetching chunks from peers is later work).
+growth over the run (VmHWM after - VmRSS before the first release), and the bytes the agents served
+each other over the zone link (their `peer_upload` events for the release's file): with deltas,
+members build the file from their own chunks and fetch only the missing ranges from peers; whole
+files cost N - 1 copies. Also the publisher's chunking rate (`chunks.build_index`, CPU time, so per
+core).
 
 Usage: .venv/bin/python bench/delta.py [--size-mib 256] [--hosts 3] [--mirror-rate-mb 0]
 Prints a Markdown table for docs/benchmarks.md.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import platform
 import random
 import shutil
@@ -106,8 +109,11 @@ def run(base: Path, work: Path, n: int, v1: Path, v2: Path, delta: bool, rate: i
             leader = fleet.leader()
             assert leader is not None and leader.proc is not None
             fetched = [e for e in leader.events("chunks_fetched") if e.get("version") == version]
+            digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+            peers = sum(e.get("bytes", 0) for h in fleet.hosts for e in h.events("peer_upload")
+                        if e.get("sha256") == digest)
             rows.append({"version": version, "size": archive.stat().st_size, "seconds": seconds,
-                         "mirror": sum(fleet.mirror_bytes().values()) - before,
+                         "mirror": sum(fleet.mirror_bytes().values()) - before, "peers": peers,
                          "event": fetched[-1] if fetched else None,
                          "rss_growth_mib": (proc_kib(leader.proc.pid, "VmHWM") - rss0[leader.id]) / 1024})
             print(("delta" if delta else "whole"), rows[-1], flush=True)
@@ -178,16 +184,17 @@ def main() -> None:
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}; S = {args.size_mib} MiB uncompressed tar of random bytes, "
           f"{args.hosts} hosts, mirror egress {f'capped at {args.mirror_rate_mb:g} MiB/s' if cap else 'not capped'}; "
           f"chunking {rate:.0f} MB/s per core\n")
-    print("| release | from the mirror, delta | from the mirror, whole file | delta / S | to `current`, delta "
-          "| to `current`, whole | leader reassembly |")
-    print("|---|---|---|---|---|---|---|")
+    print("| release | from the mirror, delta | from the mirror, whole file | delta / S | zone link, delta "
+          "| zone link, whole | to `current`, delta | to `current`, whole | leader reassembly |")
+    print("|---|---|---|---|---|---|---|---|---|")
     names = {"2.4": "2.4 new payload", "2.5": "2.5 5 % changed", "2.6": "2.6 identical rebuild"}
     for d, w in zip(delta, whole):
         ev = d["event"] or {}
         reassembly = f"{d['size'] / ev['seconds'] / 1e6:.0f} MB/s ({ev['reused']}/{ev['chunks']} chunks local)" \
             if ev.get("seconds") else "-"
         print(f"| {names[d['version']]} | {d['mirror'] / 2**20:.1f} MiB | {w['mirror'] / 2**20:.1f} MiB "
-              f"| {d['mirror'] / d['size'] * 100:.2f} % | {d['seconds']:.1f} s | {w['seconds']:.1f} s | {reassembly} |")
+              f"| {d['mirror'] / d['size'] * 100:.2f} % | {d['peers'] / 2**20:.1f} MiB | {w['peers'] / 2**20:.1f} MiB "
+              f"| {d['seconds']:.1f} s | {w['seconds']:.1f} s | {reassembly} |")
     print(f"\nreassembly (`chunks.fetch` in one process, CPU time): {rates['2.4']:.0f} MB/s per core with every "
           f"chunk fetched and decompressed (the agent side's CPU only), {rates['2.5']:.0f} MB/s for 2.5, "
           f"{rates['2.6']:.0f} MB/s for 2.6 (local chunks copied and re-hashed)")

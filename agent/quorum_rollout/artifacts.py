@@ -892,8 +892,10 @@ def check_peer_auth(secret: bytes, header: str | None, method: str, path: str, n
 def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, store: Store, secret: bytes,
                      cfg: Any, *, session: requests.Session | None = None,
                      clock: Callable[[], float] = time.time, deadline: float | None = None,
-                     cancel: threading.Event | None = None) -> tuple[Path, str]:
+                     cancel: threading.Event | None = None, log: Log = None) -> tuple[Path, str]:
     """Member path: the file from the first holder (node_id, api_url) that serves it, verified.
+    A delta release (the manifest has `chunks`) is first built from the chunks the store holds and
+    the missing ranges from holders (`chunks.fetch_from_peers`); if that fails (logged), whole.
 
     Returns (path, node_id), or (path, "local") when the store already holds it. `DiskFull`,
     `DeadlineExceeded` and `Cancelled` are raised at once (see `download`). cfg.peer_timeout is
@@ -905,6 +907,25 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
     tried: list[tuple[str, Exception]] = []
     sess = session or requests.Session()
     try:
+        if manifest.chunks is not None and holders:
+            from quorum_rollout import chunks
+
+            try:
+                got = chunks.fetch_from_peers(holders, manifest, store, secret, cfg, sess, bounds, clock, log)
+                if got is not None:
+                    return got
+            except DiskFull:
+                raise
+            except _STOP:
+                raise
+            except PeersUnavailable as exc:
+                if exc.causes and all(isinstance(e, HttpError) and e.status in (404, 503) for _, e in exc.causes):
+                    raise  # no holder has any of it yet, or all are busy: the whole file gets the same answer
+                _emit(log, "chunks_fallback", "warning", version=manifest.version, sha256=manifest.sha256,
+                      cause=str(exc)[:500], kind=type(exc).__name__)
+            except (ArtifactError, TrustError) as exc:
+                _emit(log, "chunks_fallback", "warning", version=manifest.version, sha256=manifest.sha256,
+                      cause=str(exc)[:500], kind=type(exc).__name__)
         for node_id, api_url in holders:
             url = api_url.rstrip("/") + PEER_PATH.format(digest=manifest.sha256)
             auth = peer_auth_header(secret, "GET", urlsplit(url).path, clock())

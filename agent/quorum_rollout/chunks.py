@@ -29,13 +29,14 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -479,3 +480,168 @@ def fetch(mirror: str, cfg: Any, store: artifacts.Store, manifest: Manifest, ses
         return store.path(digest)
     finally:
         lock.release()
+
+
+# ----------------------------------------------------------------------- agent: member, from peers
+
+RANGE_BYTES = 4 * 1024 * 1024  # one Range request covers at most this many missing bytes (held in memory)
+_indexes: dict[tuple[str, str], Index] = {}  # (index sha256, file sha256) -> the last verified index
+_indexes_lock = threading.Lock()
+
+
+def _mirror_index(cfg: Any, manifest: Manifest, sess: Any, bounds: artifacts._Bounds, stats: Fetched) -> Index:
+    """The verified index from the mirrors (last measured order, no probe); kept, so the prefetch's
+    retries do not fetch it again. Members fetch the small index from the origin, the bytes from peers."""
+    ref = manifest.chunks
+    assert ref is not None
+    key = (ref.sha256, manifest.sha256)
+    with _indexes_lock:
+        if key in _indexes:
+            return _indexes[key]
+    mbounds = artifacts._Bounds(cfg.connect_timeout, cfg.read_timeout, bounds.deadline, bounds.cancel)
+    failures: list[tuple[str, Exception]] = []
+    for mirror in artifacts.known_order(cfg.mirrors):
+        try:
+            index = _index(mirror, cfg, manifest, sess, mbounds, stats)
+        except artifacts._STOP:
+            raise
+        except (artifacts.ArtifactError, TrustError) as exc:
+            failures.append((mirror, exc))
+            continue
+        with _indexes_lock:
+            _indexes.clear()
+            _indexes[key] = index
+        return index
+    raise artifacts.MirrorUnavailable(f"chunk index of {manifest.name} {manifest.version}",
+                                      f"no mirror served it: {artifacts._listing(failures, 'no mirrors configured')}",
+                                      causes=failures)
+
+
+def _peer_range(url: str, headers: dict[str, str], run: tuple[tuple[int, int, str], ...], first: int,
+                size: int, sess: Any, bounds: artifacts._Bounds) -> list[bytes]:
+    """Chunks `run` (numbered from `first`) from one holder in one Range request, each verified."""
+    start, end = run[0][0], run[-1][0] + run[-1][1] - 1
+    with artifacts._get(sess, url, {**headers, "Range": f"bytes={start}-{end}"}, bounds) as resp:
+        if resp.status_code != 206:
+            raise artifacts.HttpError(url, resp.status_code, resp.reason or "")
+        m = artifacts._CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
+        if not m or (int(m.group(1)), int(m.group(2)), m.group(3)) != (start, end, str(size)):
+            raise artifacts.ArtifactError(url, f"asked for bytes {start}-{end}/{size}, got Content-Range "
+                                               f"{resp.headers.get('Content-Range')!r}")
+        buf, out, i, want = bytearray(), [], 0, end - start + 1
+        for piece in artifacts._arrivals(url, resp, bounds, expected=want):
+            buf += piece
+            if sum(map(len, out)) + len(buf) > want:
+                raise artifacts.TooLarge(f"{url}: sent more than the {want} bytes of range {start}-{end}; refused")
+            while i < len(run) and len(buf) >= run[i][1]:
+                offset, length, digest = run[i]
+                data = bytes(buf[:length])
+                del buf[:length]
+                actual = hashlib.sha256(data).hexdigest()
+                if actual != digest:
+                    raise ChunkMismatch(f"{url}: chunk {first + i} (offset {offset}, {length} bytes, sha256 {digest}) "
+                                        f"has sha256 {actual}; the holder serves a different file")
+                out.append(data)
+                i += 1
+        if i < len(run):
+            raise artifacts.TransferInterrupted(url, f"range {start}-{end}: connection closed after "
+                                                     f"{sum(map(len, out)) + len(buf)} of {want} bytes")
+        return out
+
+
+def fetch_from_peers(holders: Any, manifest: Manifest, store: artifacts.Store, secret: bytes, cfg: Any, sess: Any,
+                     bounds: artifacts._Bounds, clock: Callable[[], float], log: artifacts.Log = None
+                     ) -> tuple[Path, str] | None:
+    """Member: the file of `manifest` (which has `chunks`) built from the chunks its store holds, the
+    others read from holders (node id, API URL) with Range requests on the peer endpoint, each chunk
+    verified on arrival, the whole file before it lands. None when no local chunk is reusable (the
+    caller fetches the file whole). Raises like `artifacts.fetch_from_peers`; the caller then falls
+    back to the whole file. The partial file only ever holds verified chunks, in order (it is served
+    on to later members while it grows)."""
+    digest, size, started = manifest.sha256, manifest.size, time.monotonic()
+    what = f"{manifest.name} {manifest.version} sha256 {digest[:12]}"
+    store.prepare()
+    part, lock, stats = store.partial(digest), store.lock(digest), Fetched()
+    bounds.acquire(lock, what)
+    try:
+        if store.has(digest, size):
+            return store.path(digest), "local"
+        index = _mirror_index(cfg, manifest, sess, bounds, stats)
+        seeds = _seeds(store, digest, bounds, what)
+        whole = hashlib.sha256()
+        start = _resume(part, index, whole)
+        stats.resumed, stats.resumed_bytes = start, index.chunks[start][0] if start < len(index.chunks) else size
+        if not any(c in seeds for _, _, c in index.chunks[start:]):
+            artifacts._emit(log, "chunks_skipped", version=manifest.version, sha256=digest,
+                            cause="no chunk of it is in the local store; fetching the whole file from peers")
+            return None
+        free = shutil.disk_usage(store.root).free
+        if free < size - stats.resumed_bytes + cfg.free_space_margin:
+            raise artifacts.DiskFull(what, f"{free} bytes free under {store.root}, "
+                                           f"{size - stats.resumed_bytes + cfg.free_space_margin} needed; free disk "
+                                           "space or lower artifacts.free_space_margin")
+        order, used, fds = list(holders), None, {}
+        try:
+            with open(part, "ab") as out:
+                i = start
+                while i < len(index.chunks):
+                    bounds.check(what, stats.fetched_bytes, kept=True)
+                    length, chunk = index.chunks[i][1:]
+                    data = _from_seed(seeds.get(chunk), chunk, fds)
+                    if data is not None:
+                        datas = [data]
+                        stats.reused, stats.reused_bytes = stats.reused + 1, stats.reused_bytes + length
+                    else:  # the run of missing chunks from here (a seed that no longer verifies included)
+                        j, want = i + 1, length
+                        while (j < len(index.chunks) and index.chunks[j][2] not in seeds
+                               and want + index.chunks[j][1] <= RANGE_BYTES):
+                            want += index.chunks[j][1]
+                            j += 1
+                        datas, used = _range_from_holders(order, index, i, j, secret, sess, bounds, clock, what)
+                        order = [h for h in order if h[0] == used] + [h for h in order if h[0] != used]
+                        stats.fetched, stats.fetched_bytes = stats.fetched + len(datas), stats.fetched_bytes + want
+                        stats.wire_bytes += want
+                        store.count(artifacts.PEER, want)
+                    for data in datas:
+                        try:
+                            out.write(data)
+                        except OSError as exc:
+                            raise artifacts.DiskFull(what, f"writing {part} failed: {exc.strerror}") from None
+                        whole.update(data)
+                    i += len(datas)
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        actual = whole.hexdigest()
+        if actual != digest or part.stat().st_size != size:
+            part.unlink(missing_ok=True)
+            raise HashMismatch(f"{what}: the chunks reassemble to sha256 {actual}, the manifest says {digest}; "
+                               "partial file deleted (the index does not describe the signed file: re-publish it)")
+        os.replace(part, store.path(digest))
+        artifacts.hashed_here(store.path(digest), digest)
+        remember(store, index)
+        artifacts._emit(log, "chunks_fetched", source=used or "local", version=manifest.version, sha256=digest,
+                        size=size, chunks=len(index.chunks), seconds=round(time.monotonic() - started, 3),
+                        **stats.__dict__)
+        return store.path(digest), used or "local"
+    finally:
+        lock.release()
+
+
+def _range_from_holders(holders: list[tuple[str, str]], index: Index, i: int, j: int, secret: bytes, sess: Any,
+                        bounds: artifacts._Bounds, clock: Callable[[], float], what: str) -> tuple[list[bytes], str]:
+    """Chunks i..j-1 from the first holder that serves them verified: (their data, that holder)."""
+    tried: list[tuple[str, Exception]] = []
+    for node_id, api_url in holders:
+        url = api_url.rstrip("/") + artifacts.PEER_PATH.format(digest=index.sha256)
+        auth = artifacts.peer_auth_header(secret, "GET", urlsplit(url).path, clock())
+        try:
+            return _peer_range(url, {"Authorization": auth}, index.chunks[i:j], i, index.size, sess, bounds), node_id
+        except artifacts._STOP:
+            raise
+        except (artifacts.ArtifactError, TrustError) as exc:
+            tried.append((f"{node_id} ({url})", exc))
+    raise artifacts.PeersUnavailable(what, f"no peer served chunks {i}..{j - 1}: "
+                                           f"{artifacts._listing(tried, 'no holders given')}", causes=tried)

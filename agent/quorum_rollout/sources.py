@@ -107,8 +107,9 @@ class Sources:
         from_peers = ""
         if holders:
             try:
-                path, _source = artifacts.fetch_from_peers(holders, manifest, self.store, self.secret,
-                                                           self.cfg.artifacts, deadline=deadline, cancel=cancel)
+                path, _source = artifacts.fetch_from_peers(
+                    holders, manifest, self.store, self.secret, self.cfg.artifacts, deadline=deadline, cancel=cancel,
+                    log=bound(log, group=self.cfg.group, node=self.cfg.node_id, step="download"))
                 return manifest, path
             except (artifacts.DeadlineExceeded, artifacts.Cancelled, artifacts.DiskFull):
                 raise

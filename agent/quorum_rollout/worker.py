@@ -18,7 +18,7 @@ from typing import Any
 from . import artifacts, checks, fsm, housekeeping, install, signing
 from .config import AgentConfig
 from .group import Node, ProposalError
-from .log import event, get_logger
+from .log import bound, event, get_logger
 from .metrics import AgentMetrics
 from .sources import Sources, clip, failed_step, members_of
 
@@ -197,7 +197,8 @@ class Worker:
             for holder in candidates:
                 try:
                     artifacts.fetch_from_peers([(holder, urls[holder])], manifest, self.store, self.sources.secret,
-                                               self.cfg.artifacts, deadline=deadline)
+                                               self.cfg.artifacts, deadline=deadline,
+                                               log=bound(log, host=self.host, version=release["version"], **fields))
                 except artifacts.DiskFull as exc:
                     event(log, "prefetch_failed", level="warning", cause=str(exc)[:500], **fields)
                     return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import tarfile
@@ -156,28 +157,34 @@ class Fleet:
         self.public_key = json.loads(out.stdout)["public_key"]
 
     def build_release(self, version: str, *, broken_on: tuple[str, ...] = (), key: Path | None = None,
-                      publish: bool = True, payload_bytes: int = 0, channel: str | None = None) -> Path:
+                      publish: bool = True, payload_bytes: int = 0, channel: str | None = None,
+                      chunks: bool = False) -> Path:
         """Make demo-app-<version>.tar.gz and publish it with a signed manifest in mirror layout
-        (and point `channel` at it, when given)."""
+        (and point `channel` at it, when given). With `chunks`, a delta release: an uncompressed
+        demo-app-<version>.tar whose payload is the same for every version (seeded), published with
+        `sign --chunks`, so releases differ in a few chunks only."""
         work = self.base / "build" / version
         work.mkdir(parents=True, exist_ok=True)
         (work / "VERSION").write_text(version + "\n")
         if broken_on:
             (work / "BROKEN_ON").write_text("\n".join(broken_on) + "\n")
-        if payload_bytes:
+        if payload_bytes and chunks:
+            (work / "payload.bin").write_bytes(random.Random(0).randbytes(payload_bytes))
+        elif payload_bytes:
             with open(work / "payload.bin", "wb") as fh:
                 for _ in range(payload_bytes // (1 << 20)):
                     fh.write(os.urandom(1 << 20))
                 fh.write(os.urandom(payload_bytes % (1 << 20)))
-        archive = self.base / "build" / f"demo-app-{version}.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
+        archive = self.base / "build" / f"demo-app-{version}.tar{'' if chunks else '.gz'}"
+        with tarfile.open(archive, "w" if chunks else "w:gz") as tar:
             for f in sorted(work.iterdir()):
                 tar.add(f, arcname=f.name)
             tar.add(DEMO_FILES / "demo_app.py", arcname="demo_app.py")
         if publish:
             subprocess.run([*CLI, "sign", str(archive), "--name", "demo-app", "--version", version,
                             "--key", str(key or self.key_prefix.with_suffix(".key")),
-                            "--mirror-dir", str(self.mirror_dir), *(["--channel", channel] if channel else [])],
+                            "--mirror-dir", str(self.mirror_dir), *(["--channel", channel] if channel else []),
+                            *(["--chunks"] if chunks else [])],
                            check=True, capture_output=True, env=self.env)
         return archive
 

@@ -92,22 +92,30 @@ def test_snapshots_bound_the_journal_and_a_lagging_member_catches_up_by_snapshot
 
 
 def test_old_releases_are_pruned_after_every_release(make_fleet):
-    """Six releases with keep_releases 2: at most two release directories and two artifacts on
-    every host, `current` among them; the last rollback target kept."""
+    """Six delta releases with keep_releases 2: at most two release directories, two artifacts and
+    two seed chunk indexes on every host, `current` among them; the last rollback target kept. From
+    the second release on, members build the file from their own chunks and fetch only the few
+    changed chunks from a peer (docs/delta.md)."""
     fleet = make_fleet(3, extra={"install": {"keep_releases": 2}})
     fleet.start_mirror()
     fleet.preinstall("1.0")
     versions = [f"1.{n}" for n in range(1, 7)]
+    size = 2 << 20
     for version in versions:
-        fleet.build_release(version)
+        fleet.build_release(version, payload_bytes=size, chunks=True)
     fleet.start()
     for version in versions:
         assert release_to(fleet, version)["state"] == "current", version
 
     def pruned() -> bool:
         return all(len(os.listdir(h.root / "releases")) <= 2 and len(os.listdir(h.data / "store" / "sha256")) <= 2
-                   for h in fleet.hosts)
+                   and len(os.listdir(h.data / "store" / "chunks")) <= 2 for h in fleet.hosts)
     wait_for(pruned, 30, "every host pruned to two releases")
+    from_peers = [e for h in fleet.hosts for e in h.events("chunks_fetched") if e.get("source") not in (None, "local")]
+    assert {e["version"] for e in from_peers} >= set(versions[1:]), from_peers
+    assert all(e["fetched_bytes"] < size // 10 and e["reused_bytes"] > size // 2 for e in from_peers), from_peers
+    fallbacks = [e for h in fleet.hosts for e in h.events("chunks_fallback")]
+    assert not fallbacks, json.dumps(fallbacks)
     for host in fleet.hosts:
         assert host.current() == "1.6"
         assert sorted(os.listdir(host.root / "releases")) == ["1.5", "1.6"], host.id

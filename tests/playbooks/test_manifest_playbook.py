@@ -133,3 +133,28 @@ def test_channel_pointer_is_published_idempotently_and_moved_without_re_signing_
 
     proc = _run(tmp_path, channel="st/able")[0]
     assert proc.returncode != 0 and "is not a channel name" in proc.stdout
+
+
+def test_publish_playbook_with_chunks_publishes_an_uncompressed_delta_release(tmp_path):
+    """playbooks/publish.yml -e chunks=true: the demo role packs a plain tar and the manifest module
+    publishes it with a chunk index the manifest signs (docs/delta.md)."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mirror = tmp_path / "mirror"
+    extra = {"version": "2.4", "chunks": True, "mirror_dir": str(mirror), "build_dir": str(tmp_path / "build"),
+             "signing_key": str(tmp_path / "keys" / "release"), "demo_app_publish_cli": CLI}
+    argv = [sys.executable, "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local",
+            os.path.join(repo, "playbooks", "publish.yml"), "-e", json.dumps(extra)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_COLLECTIONS_PATH=_collections_path(), ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    published = mirror / "demo-app" / "2.4"
+    signed = json.loads((published / "manifest.json").read_text())["signed"]
+    assert signed["file"] == "demo-app-2.4.tar" and (published / signed["chunks"]["index"]).is_file()
+    assert any((mirror / "demo-app" / "chunks").rglob("*.zst"))
+    verify = subprocess.run([CLI, "verify", str(published / "manifest.json"), "--artifact",
+                             str(published / "demo-app-2.4.tar"), "--trusted-key",
+                             str(tmp_path / "keys" / "release.pub"), "--name", "demo-app", "--version", "2.4"],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import random
@@ -345,3 +346,89 @@ def test_seed_indexes_go_with_their_store_files(make_mirror: MakeMirror, keyfile
     report = housekeeping.prune_host(root, store, keep_releases=1, protect_versions=(), protect_digests={kept})
     assert chunks.seed_path(store, kept).exists() and not chunks.seed_path(store, stale).exists()
     assert stale in report.removed_seeds
+
+
+# ------------------------------------------------------------------------ member: ranges from peers
+
+SECRET = b"group-secret-for-peer-ranges"
+
+
+def holder_of(make_mirror: MakeMirror, data: bytes, *, corrupt_ranges: int = 0) -> MirrorServer:
+    """A stand-in holder: the agent's own serve side (`artifacts.open_range`) behind the peer MAC
+    check at the peer endpoint's path; the first `corrupt_ranges` Range answers have one bit flipped."""
+    left = [corrupt_ranges]
+
+    def serve(path: Path, header: str | None) -> tuple[int, dict[str, str], Any, int]:
+        status, headers, f, length = artifacts.open_range(path, header)
+        if header and left[0] > 0:
+            left[0] -= 1
+            with f:
+                body = bytearray(f.read(length))
+            body[length // 2] ^= 1
+            return status, headers, io.BytesIO(bytes(body)), length
+        return status, headers, f, length
+
+    holder = make_mirror(serve_range=serve, authorize=lambda seen: artifacts.check_peer_auth(
+        SECRET, seen.headers.get("Authorization"), "GET", seen.path, time.time()))
+    holder.put(artifacts.PEER_PATH.format(digest=hashlib.sha256(data).hexdigest()), data)
+    return holder
+
+
+def member_with_previous_release(make_mirror: MakeMirror, keyfile: str, store: Store
+                                 ) -> tuple[MirrorServer, bytes, bytes]:
+    """An origin with 2.4 and a 5 %-changed 2.5 (chunked); the member's store holds 2.4, which it got
+    whole from a peer (no seed index yet)."""
+    mirror, v1 = make_mirror(), payload()
+    v2 = changed(v1, regions=3, length=len(v1) // 60)  # 3 clustered regions, 5 % of the bytes
+    sign(mirror, "2.4", v1, keyfile)
+    sign(mirror, "2.5", v2, keyfile)
+    store.prepare()
+    _write(store.path(hashlib.sha256(v1).hexdigest()), v1)
+    return mirror, v1, v2
+
+
+def test_a_member_fetches_only_the_missing_ranges_from_a_peer(make_mirror: MakeMirror, keyfile: str,
+                                                              store: Store) -> None:
+    mirror, _v1, v2 = member_with_previous_release(make_mirror, keyfile, store)
+    holder, events = holder_of(make_mirror, v2), []
+    before = served(mirror)
+    path, source = artifacts.fetch_from_peers([("m1", holder.url)], manifest_of(mirror, "2.5"), store, SECRET,
+                                              make_cfg(mirror.url), log=lambda name, **f: events.append((name, f)))
+    assert path.read_bytes() == v2 and source == "m1"
+    index_size = manifest_of(mirror, "2.5").chunks.size  # type: ignore[union-attr]
+    assert served(mirror) - before == index_size  # the origin: the index only
+    fetched = next(f for name, f in events if name == "chunks_fetched")
+    assert fetched["source"] == "m1" and holder.bytes_served == fetched["fetched_bytes"]
+    # the changed bytes and the rest of the chunks around each region (about 18 % of this small file)
+    assert 3 * (len(v2) // 60) <= holder.bytes_served < len(v2) * 0.25, holder.bytes_served
+    assert fetched["reused_bytes"] + fetched["fetched_bytes"] == len(v2)
+    assert all(seen.headers.get("Range") for seen in holder.requests)
+    assert store.received[artifacts.PEER] == holder.bytes_served
+    assert chunks.seed_path(store, fetched["sha256"]).exists()  # 2.6 can reuse 2.5's chunks
+
+
+def test_a_corrupted_range_from_a_peer_is_refused_and_the_whole_file_is_fetched(
+        make_mirror: MakeMirror, keyfile: str, store: Store) -> None:
+    mirror, _v1, v2 = member_with_previous_release(make_mirror, keyfile, store)
+    holder, events = holder_of(make_mirror, v2, corrupt_ranges=1), []
+    path, source = artifacts.fetch_from_peers([("m1", holder.url)], manifest_of(mirror, "2.5"), store, SECRET,
+                                              make_cfg(mirror.url), log=lambda name, **f: events.append((name, f)))
+    assert path.read_bytes() == v2 and source == "m1"
+    fallback = next(f for name, f in events if name == "chunks_fallback")
+    assert fallback["kind"] == "PeersUnavailable" and "ChunkMismatch" in fallback["cause"]
+    assert "m1" in fallback["cause"] and "chunk " in fallback["cause"] and "offset" in fallback["cause"]
+    assert not any(name == "chunks_fetched" for name, _ in events)
+    # then the whole file, resumed after the verified chunks already written (never after unverified bytes)
+    last = holder.requests[-1].headers.get("Range", "bytes=0-")
+    assert last.startswith("bytes=") and last.endswith("-")
+
+
+def test_a_holder_with_nothing_yet_is_left_for_the_next_try_without_a_whole_file_request(
+        make_mirror: MakeMirror, keyfile: str, store: Store) -> None:
+    mirror, _v1, _v2 = member_with_previous_release(make_mirror, keyfile, store)
+    empty, events = holder_of(make_mirror, b"another file"), []  # 404 for 2.5's digest
+    with pytest.raises(artifacts.PeersUnavailable, match="404"):
+        artifacts.fetch_from_peers([("m1", empty.url)], manifest_of(mirror, "2.5"), store, SECRET,
+                                   make_cfg(mirror.url), log=lambda name, **f: events.append((name, f)))
+    assert len(empty.requests) == 1 and empty.requests[0].headers.get("Range")  # one range, no whole-file retry
+    assert not any(name == "chunks_fallback" for name, _ in events)
