@@ -111,7 +111,7 @@ def test_a_group_grows_and_shrinks_with_the_inventory(fleet: LocalFleet) -> None
     # A change of the agents' own config restarts them one per wave, never the whole group at once.
     fleet.write_inventory(only=staying, quorum_rollout_log_level="debug")
     out = _ok(fleet.playbook("site.yml", log="site-config"), "site.yml with a config change")
-    waves = re.findall(r"TASK \[quorum\.rollout\.agent : Restart the agent \(process service manager\)\].*?\n(.*?)\n\n",
+    waves = re.findall(r"TASK \[quorum\.rollout\.agent : Agent \(process service manager\): restart\].*?\n(.*?)\n\n",
                        out, re.S)
     restarted = [re.findall(r"^changed: \[([^\]]+)\]", wave, re.M) for wave in waves]
     assert sorted(h for wave in restarted for h in wave) == staying, restarted
