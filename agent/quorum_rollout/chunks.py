@@ -571,7 +571,7 @@ def fetch_from_peers(holders: Any, manifest: Manifest, store: artifacts.Store, s
         whole = hashlib.sha256()
         start = _resume(part, index, whole)
         stats.resumed, stats.resumed_bytes = start, index.chunks[start][0] if start < len(index.chunks) else size
-        if not any(c in seeds for _, _, c in index.chunks[start:]):
+        if not any(chunk[2] in seeds for chunk in index.chunks[start:]):
             artifacts._emit(log, "chunks_skipped", version=manifest.version, sha256=digest,
                             cause="no chunk of it is in the local store; fetching the whole file from peers")
             return None
