@@ -1,10 +1,11 @@
 """Pre-flight checks run on a host after it switched to a release: command, http, tcp.
 
 Each check has a window of `retries - 1` intervals after its first attempt, `timeout` seconds
-per attempt. Inside the window it is tried again after 0.05 s, then after twice as long each
-time up to `interval` (a service restarted a moment ago answers ~0.1 s later: it should not
-cost a whole interval), so it gets at least `retries` attempts and its last one at the end of
-the window, as with evenly spaced attempts. `{version}` in a check's command, url and
+per attempt. Inside the window it is tried again every FIRST_WAIT (25 ms) for the first
+FAST_WINDOW (0.5 s), then after twice as long each time up to `interval` (a service restarted a
+moment ago answers 0.1-0.3 s later: it should pass within 25 ms of being ready, not a whole
+interval later), so it gets at least `retries` attempts and its last one at the end of the
+window, as with evenly spaced attempts. `{version}` in a check's command, url and
 expect_body is replaced by the release version. A failure's output says what was expected
 and what was got, e.g.
 
@@ -26,7 +27,8 @@ from .config import CHECK_TYPES, Check, parse_host_port
 from .install import run_shell
 
 BODY_LIMIT = 1 << 20     # bytes of an HTTP body read for matching
-FIRST_WAIT = 0.05        # seconds before the second attempt; doubles up to the check's interval
+FIRST_WAIT = 0.025       # seconds between attempts during the first FAST_WINDOW
+FAST_WINDOW = 0.5        # seconds after the first attempt; then the wait doubles up to the check's interval
 SHOWN = 200              # characters of a body or command output shown in a failure
 
 
@@ -95,15 +97,16 @@ if set(_RUNNERS) != set(CHECK_TYPES):  # a type added to the config without a ru
 
 
 def waits(retries: int, interval: float) -> list[float]:
-    """Seconds to wait before each attempt after the first: from FIRST_WAIT, doubling up to
-    `interval`, until the window of `retries - 1` intervals is used up."""
+    """Seconds to wait before each attempt after the first: FIRST_WAIT during FAST_WINDOW, then
+    doubling up to `interval`, until the window of `retries - 1` intervals is used up."""
     if interval <= 0:
         return [0.0] * max(retries - 1, 0)
     window, total, wait, out = max(retries - 1, 0) * interval, 0.0, min(FIRST_WAIT, interval), []
     while window - total > 1e-9:
         out.append(min(wait, window - total))
         total += out[-1]
-        wait = min(wait * 2, interval)
+        if total >= FAST_WINDOW - 1e-9:
+            wait = min(wait * 2, interval)
     return out
 
 

@@ -127,7 +127,7 @@ def test_http_retries_until_ready(service: Service) -> None:
     started = time.monotonic()
     result = run_check(http_check(service.url + "/ready", retries=5, interval=0.05), version="1")
     assert result.ok and result.attempts == 3 and service.hits == ["/ready"] * 3
-    assert time.monotonic() - started >= 0.1  # two intervals between three attempts
+    assert time.monotonic() - started >= sum(checks.waits(5, 0.05)[:2])  # two pauses between three attempts
 
 
 def test_http_gives_up_after_retries(service: Service) -> None:
@@ -175,9 +175,9 @@ def test_command_retries(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("retries", "interval", "expected"), [
-    (3, 1.0, [0.05, 0.1, 0.2, 0.4, 0.8, 0.45]),   # the default: 2 s window, 7 attempts
-    (3, 0.2, [0.05, 0.1, 0.2, 0.05]),
-    (5, 0.05, [0.05] * 4),                        # an interval below the first wait: evenly spaced
+    (3, 1.0, [0.025] * 20 + [0.05, 0.1, 0.2, 0.4, 0.75]),   # the default: 2 s window, 26 attempts
+    (3, 0.2, [0.025] * 16),                                  # a window shorter than the fast half second
+    (5, 0.02, [0.02] * 4),                                   # an interval below the first wait: evenly spaced
     (1, 1.0, []),
     (4, 0.0, [0.0, 0.0, 0.0]),
 ])
@@ -190,7 +190,7 @@ def test_attempts_start_quickly_and_keep_the_window(retries: int, interval: floa
 
 def test_a_service_up_a_moment_after_its_restart_passes_on_an_early_attempt(
         service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first answer fails (not listening yet); the second, 0.05 s later, passes: no whole interval."""
+    """The first answer fails (not listening yet); the second, 25 ms later, passes: no whole interval."""
     slept: list[float] = []
     monkeypatch.setattr(checks.time, "sleep", lambda seconds: slept.append(seconds) or time_sleep(seconds))
     service.replies["/ready"] = [Reply(503, "starting"), Reply(200, "ok")]
