@@ -89,7 +89,7 @@ class GroupNode(SyncObj):
     """The replicated group state of one member. Read `state`; change it with `propose`."""
 
     def __init__(self, *, node_id: str, group: str, address: str, peers: list[str], secret: bytes,
-                 data_dir: str, on_change: Callable[[], None], tick_period: float = 0.05,
+                 data_dir: str, on_change: Callable[[], None],
                  compaction_entries: int = 200, seed: dict[str, Any] | None = None,
                  timing: tuple[float, float, float] | None = None) -> None:
         if not secret or len(secret) < 32:
@@ -103,11 +103,15 @@ class GroupNode(SyncObj):
         self.group = group  # for the transport's log lines
         self._on_change = on_change
         self._stop = threading.Event()
-        self._tick_period = tick_period
         self._ticker = threading.Thread(target=self._tick_loop, name=f"raft-{node_id}", daemon=True)
         self._peer_nodes = {a: TCPNode(a) for a in peers}
         beat, low, high = timing or (RaftConfig.heartbeat, RaftConfig.election_timeout_min,
                                      RaftConfig.election_timeout_max)
+        # Longest wait of one tick (every message and every proposal wakes it sooner). A leader
+        # ticks at half its heartbeat period so heartbeats leave on time; a follower only notices
+        # its election deadline on a tick: a whole period there costs <= one period of failover
+        # and saves a third of an idle member's CPU (docs/benchmarks.md, idle cost).
+        self._tick_leader, self._tick_follower = beat / 2, beat
         conf = SyncObjConf(
             password=secret,
             autoTick=False,
@@ -138,10 +142,11 @@ class GroupNode(SyncObj):
 
     def _tick_loop(self) -> None:
         while not self._stop.is_set():
+            wait = self._tick_leader if self._isLeader() else self._tick_follower
             try:
-                self.doTick(self._tick_period)
+                self.doTick(wait)
             except Exception:  # pragma: no cover - pysyncobj logs and continues the same way
-                time.sleep(self._tick_period)
+                time.sleep(wait)
         self._doDestroy()
 
     @replicated(ver=0)  # first protocol version; a changed method gets ver=1 + setCodeVersion
