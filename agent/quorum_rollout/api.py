@@ -392,7 +392,8 @@ class Handler(BaseHTTPRequestHandler):
         if not agent.uploads.acquire(blocking=False):
             raise ApiError(503, "too many peer uploads in progress; try another holder",
                            limit=agent.cfg.artifacts.max_peer_uploads)
-        artifacts.yield_cpu()  # this connection's thread serves a transfer ahead of need, then ends
+        if not self.headers.get(artifacts.URGENT_HEADER):
+            artifacts.yield_cpu()  # this connection's thread serves a transfer ahead of need, then ends
         self.close_connection = True
         try:
             opened = artifacts.open_growing(agent.store, digest, artifact["size"], self.headers.get("Range"))

@@ -269,8 +269,12 @@ _locks_guard = threading.Lock()
 
 # Niceness of a thread moving an artifact between members ahead of need (a prefetch and the
 # upload serving it): on hosts that also run the service and the open batch's install, transfers
-# for later batches yield the CPU.
+# for later batches yield the CPU. Not lower: a thread that holds the GIL while the scheduler
+# starves it stalls the agent's Raft thread too (19 cost an election in a headline run; 10, none).
 BACKGROUND_NICE = 10
+# Request header of a peer fetch on the critical path (the open batch or the next): the holder
+# serves it at normal priority. Only members can send it (the MAC is checked first).
+URGENT_HEADER = "X-Quorum-Urgent"
 
 
 def yield_cpu() -> None:
@@ -892,7 +896,8 @@ def check_peer_auth(secret: bytes, header: str | None, method: str, path: str, n
 def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, store: Store, secret: bytes,
                      cfg: Any, *, session: requests.Session | None = None,
                      clock: Callable[[], float] = time.time, deadline: float | None = None,
-                     cancel: threading.Event | None = None, log: Log = None) -> tuple[Path, str]:
+                     cancel: threading.Event | None = None, log: Log = None, urgent: bool = True
+                     ) -> tuple[Path, str]:
     """Member path: the file from the first holder (node_id, api_url) that serves it, verified.
     A delta release (the manifest has `chunks`) is first built from the chunks the store holds and
     the missing ranges from holders (`chunks.fetch_from_peers`); if that fails (logged), whole.
@@ -900,6 +905,7 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
     Returns (path, node_id), or (path, "local") when the store already holds it. `DiskFull`,
     `DeadlineExceeded` and `Cancelled` are raised at once (see `download`). cfg.peer_timeout is
     the connect and read timeout of each request: a frozen holder is left after that long.
+    `urgent` (the fetch is on the critical path) asks holders not to yield the CPU while serving it.
     """
     if store.has(manifest.sha256, manifest.size):
         return store.path(manifest.sha256), "local"
@@ -928,9 +934,10 @@ def fetch_from_peers(holders: Sequence[tuple[str, str]], manifest: Manifest, sto
                       cause=str(exc)[:500], kind=type(exc).__name__)
         for node_id, api_url in holders:
             url = api_url.rstrip("/") + PEER_PATH.format(digest=manifest.sha256)
-            auth = peer_auth_header(secret, "GET", urlsplit(url).path, clock())
+            headers = {"Authorization": peer_auth_header(secret, "GET", urlsplit(url).path, clock()),
+                       **({URGENT_HEADER: "1"} if urgent else {})}
             try:
-                return _download(url, store, manifest.sha256, manifest.size, cfg, {"Authorization": auth}, sess,
+                return _download(url, store, manifest.sha256, manifest.size, cfg, headers, sess,
                                  None, 2, bounds, PEER), node_id
             except DiskFull:
                 raise

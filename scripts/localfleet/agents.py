@@ -53,10 +53,15 @@ class Host:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.id} already running"
+        # Its own process group (a Ctrl-C of the test run does not reach it; stopped by PID), but
+        # not its own session: Linux gives each session a scheduling group (autogroup) with an
+        # equal share of the CPU, whatever its threads' nice values. In one group, the agents'
+        # background transfers (nice 19) yield to the other hosts' open batch and Raft threads, as
+        # they cost other hosts nothing on separate machines.
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([*CLI, "agent", "-c", str(self.config_path)], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.fleet.env, start_new_session=True)
+                                         env=self.fleet.env, process_group=0)
         self.fleet.pids.add(self.proc.pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
