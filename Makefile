@@ -12,7 +12,7 @@ help:
 	@echo "make demo   - build a local demo fleet, install agents, release 2.4, print per-group result"
 	@echo "make test   - every test: lint, unit, playbooks, integration (real agents), chaos-short, e2e (real ansible-playbook)"
 	@echo "make test-chaos - the whole fault-injection suite (tests/chaos, ~30 min; docs/reliability.md)"
-	@echo "make bench  - benchmarks (results go to docs/benchmarks.md by hand)"
+	@echo "make bench  - the headline benchmark (bench/headline.py; the others and their results: docs/benchmarks.md)"
 
 $(VENV)/.stamp: agent/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -78,7 +78,7 @@ demo-stop: venv
 	$(PY) scripts/demo.py down
 
 bench: venv
-	$(PY) bench/coordination.py
+	$(PY) bench/headline.py --rounds 2
 
 clean:
 	rm -rf $(VENV) collections tests/output .pytest_cache
