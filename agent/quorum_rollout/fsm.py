@@ -42,8 +42,8 @@ group, and the versions that rolled back or were aborted here, which a `start` f
 from __future__ import annotations
 
 import copy
-import pickle
 import math
+import pickle
 import re
 from dataclasses import dataclass
 from fractions import Fraction

@@ -56,7 +56,7 @@ class Host:
         # Its own process group (a Ctrl-C of the test run does not reach it; stopped by PID), but
         # not its own session: Linux gives each session a scheduling group (autogroup) with an
         # equal share of the CPU, whatever its threads' nice values. In one group, the agents'
-        # background transfers (nice 19) yield to the other hosts' open batch and Raft threads, as
+        # background transfers (nice 10) yield to the other hosts' open batch and Raft threads, as
         # they cost other hosts nothing on separate machines.
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([*CLI, "agent", "-c", str(self.config_path)], stdout=out,

@@ -731,6 +731,15 @@ def test_fetch_from_peers_tries_holders_in_order(make_mirror: MakeMirror, store:
     assert artifacts.fetch_from_peers(holders, peer_manifest(), store, SECRET, make_cfg()) == (path, "local")
 
 
+def test_a_fetch_on_the_critical_path_asks_the_holder_not_to_yield(make_mirror: MakeMirror, store: Store,
+                                                                   tmp_path: Path) -> None:
+    holder = peer_server(make_mirror)
+    artifacts.fetch_from_peers([("n1", holder.url)], peer_manifest(), store, SECRET, make_cfg())
+    background = Store(tmp_path / "background")
+    artifacts.fetch_from_peers([("n1", holder.url)], peer_manifest(), background, SECRET, make_cfg(), urgent=False)
+    assert [s.headers.get(artifacts.URGENT_HEADER) for s in holder.seen(PEER_FILE_PATH)] == ["1", None]
+
+
 def test_fetch_from_peers_names_every_holder(make_mirror: MakeMirror, store: Store, closed_port_url: str) -> None:
     stranger = peer_server(make_mirror, secret=b"x" * 48)
     liar = make_mirror()  # no auth check, serves other bytes under the digest's name
