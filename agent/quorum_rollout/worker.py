@@ -45,8 +45,6 @@ class Worker:
         self._announcing: set[str] = set()
         self._announce_lock = threading.Lock()
         self._prefetch: threading.Thread | None = None
-        self._prefetch_urgent = False
-        self._prefetch_cancel = threading.Event()
         self._pruned: set[str] = set()
 
     def step(self) -> None:
@@ -164,31 +162,19 @@ class Worker:
         art = release["artifact"]
         if self.store.has(art["sha256"], art["size"]):
             self._announce_holder(release)
-            return
-        urgent = self._needed_next(release)
-        if self._prefetch is not None and self._prefetch.is_alive():
-            if self._prefetch_urgent or not urgent:
-                return
-            # This host's batch is next: a background transfer cannot raise its own priority back
-            # (a lower nice value needs CAP_SYS_NICE) and would hold the install step behind it.
-            # Stop it; a thread started from here (nice 0) resumes its partial file at once.
-            self._prefetch_cancel.set()
-            self._prefetch.join(timeout=2.0)
-            if self._prefetch.is_alive():
-                return  # stuck in a read; the next pass starts the urgent one
-        self._prefetch_urgent, self._prefetch_cancel = urgent, threading.Event()
-        self._prefetch = threading.Thread(target=self._prefetch_run, name="prefetch", daemon=True,
-                                          args=(state, release, urgent, self._prefetch_cancel))
-        self._prefetch.start()
+        elif self._prefetch is None or not self._prefetch.is_alive():
+            self._prefetch = threading.Thread(target=self._prefetch_run, args=(state, release),
+                                              name="prefetch", daemon=True)
+            self._prefetch.start()
 
-    def _prefetch_run(self, state: dict[str, Any], release: dict[str, Any], urgent: bool,
-                      cancel: threading.Event) -> None:
+    def _prefetch_run(self, state: dict[str, Any], release: dict[str, Any]) -> None:
         """Pipelined transfer: fetch from the host just before this one in the distribution chain
         (source, then hosts in batch order) while it is still receiving the file, so the group
         gets the file in about the time one host needs. If that upstream does not serve within
         a grace period, any earlier host or complete holder will do; the install step falls back
         to the mirrors."""
         fields = {"group": self.cfg.group, "release": release["id"], "node": self.host, "step": "prefetch"}
+        urgent = self._needed_next(release)
         if not urgent:
             artifacts.yield_cpu()
         try:
@@ -203,7 +189,7 @@ class Worker:
         deadline = time.monotonic() + self.cfg.rollout.step_deadline
         grace = time.monotonic() + 10.0
         started = time.monotonic()
-        while time.monotonic() < deadline and not cancel.is_set():
+        while time.monotonic() < deadline:
             current = self.node.state["release"]
             if not current or current["id"] != release["id"] or current["state"] in fsm.TERMINAL:
                 return
@@ -212,14 +198,12 @@ class Worker:
             for holder in candidates:
                 try:
                     artifacts.fetch_from_peers([(holder, urls[holder])], manifest, self.store, self.sources.secret,
-                                               self.cfg.artifacts, deadline=deadline, cancel=cancel, urgent=urgent,
+                                               self.cfg.artifacts, deadline=deadline, urgent=urgent,
                                                log=bound(log, host=self.host, version=release["version"], **fields))
                 except artifacts.DiskFull as exc:
                     event(log, "prefetch_failed", level="warning", cause=str(exc)[:500], **fields)
                     return
                 except (artifacts.ArtifactError, signing.TrustError, OSError):
-                    if cancel.is_set():
-                        return  # handed over to an urgent prefetch; the partial file stays
                     continue
                 event(log, "prefetched", source=holder, seconds=round(time.monotonic() - started, 3),
                       size=manifest.size, **fields)

@@ -326,33 +326,3 @@ def test_a_recheck_runs_the_checks_again_and_a_failure_counts(tmp_path: Path, mi
     assert m.release["failed_within_budget"][0]["step"] == "recheck:preflight:health"
     m.worker.step()
     assert install.current_version(m.root) == "2.3" and m.host["status"] == fsm.REVERTED
-
-
-def test_a_background_prefetch_is_handed_to_a_full_priority_one_when_the_hosts_batch_comes_next(
-        tmp_path: Path, mirror: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prefetch for a later batch runs niced (artifacts.yield_cpu) and cannot raise its priority
-    again; once its host's batch is the next one it is cancelled and a thread started by the worker
-    (normal priority) takes over the partial file. The transfer is a stand-in that waits for its
-    cancel event: the handover, not the download, is under test."""
-    m = Member(tmp_path, mirror)  # batches h2 | h3 | h1, the first one open
-    cfg = member_config(tmp_path, "h3", MEMBERS, [mirror.url], rollout=RolloutConfig(batch_fraction=0.25))
-    worker = Worker(m.group.nodes["h3"], cfg, Sources(cfg, artifacts.Store(Path(cfg.data_dir) / "store"),
-                                                        signing.TrustPolicy.from_config(cfg.artifacts), SECRET))
-    runs: list[tuple[bool, Any]] = []
-
-    def transfer(_state: Any, _release: Any, urgent: bool, cancel: Any) -> None:
-        runs.append((urgent, cancel))
-        cancel.wait(10)
-
-    monkeypatch.setattr(worker, "_prefetch_run", transfer)
-    state, release = m.group.state, m.release
-    before_open = {**release, "batch": None}  # h3's batch is the second: not next yet
-    worker._maybe_prefetch(state, before_open)
-    worker._maybe_prefetch(state, before_open)  # still running: nothing new
-    assert [urgent for urgent, _ in runs] == [False]
-    worker._maybe_prefetch(state, release)  # batch 1 open: h3's is next
-    assert [urgent for urgent, _ in runs] == [False, True]
-    assert runs[0][1].is_set() and not runs[1][1].is_set(), "the background transfer stops, the urgent one runs"
-    worker._maybe_prefetch(state, release)
-    assert len(runs) == 2, "an urgent prefetch is never replaced"
-    runs[1][1].set()
