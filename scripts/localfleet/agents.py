@@ -53,15 +53,17 @@ class Host:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.id} already running"
-        # Its own process group (a Ctrl-C of the test run does not reach it; stopped by PID), but
-        # not its own session: Linux gives each session a scheduling group (autogroup) with an
-        # equal share of the CPU, whatever its threads' nice values. In one group, the agents'
-        # background transfers (nice 10) yield to the other hosts' open batch and Raft threads, as
-        # they cost other hosts nothing on separate machines.
+        # Its own session (a Ctrl-C of the test run does not reach it; stopped by PID). Linux gives
+        # each session a scheduling group (autogroup) with an equal share of the CPU whatever its
+        # threads' nice values: every agent keeps its share under the test suites' load. With
+        # Fleet(one_sched_group=True) (bench/headline.py) the agents share the caller's session's
+        # group instead, so their background transfers (nice 10) yield to the other hosts' open
+        # batch and Raft threads, as they would cost other hosts nothing on separate machines.
+        session = {"process_group": 0} if self.fleet.one_sched_group else {"start_new_session": True}
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([*CLI, "agent", "-c", str(self.config_path)], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.fleet.env, process_group=0)
+                                         env=self.fleet.env, **session)
         self.fleet.pids.add(self.proc.pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -117,9 +119,10 @@ class Host:
 class Fleet:
     def __init__(self, base: Path, n: int, *, group: str = "intel-z1", cpu: str = "intel",
                  step_deadline: float = 60.0, batch_fraction: float = 0.1, extra: dict[str, Any] | None = None,
-                 mirror_of: Fleet | None = None, mirror_path: str = "") -> None:
+                 mirror_of: Fleet | None = None, mirror_path: str = "", one_sched_group: bool = False) -> None:
         """`mirror_of`: use that fleet's mirror and release key (several groups, one origin);
-        `mirror_path`: appended to the mirror URL in the agents' config (e.g. /zone/z1)."""
+        `mirror_path`: appended to the mirror URL in the agents' config (e.g. /zone/z1);
+        `one_sched_group`: agents share the caller's CPU scheduling group (see Host.start)."""
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.subnet = free_subnet()
@@ -131,6 +134,7 @@ class Fleet:
         self.registry_file = self.base / "registry" / f"{group}.json"
         self.step_deadline, self.batch_fraction = step_deadline, batch_fraction
         self.extra = extra or {}
+        self.one_sched_group = one_sched_group
         self.pids: set[int] = set()
         self.mirror: subprocess.Popen[bytes] | None = None
         self.mirror_path = mirror_path
