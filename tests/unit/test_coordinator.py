@@ -96,6 +96,18 @@ class Harness:
             assert time.monotonic() < end, f"not reached within {timeout}s: {self.release_summary()}"
             self.committed.wait(0.02)
 
+    def registry_settled(self, member: str, release_id: str) -> dict[str, Any]:
+        """The member's registry file once it holds `release_id` in its final state. The reporter
+        thread writes asynchronously: until then the file may hold an older record, such as the one
+        written when the member became leader (no release, state current, version None)."""
+        path = self.tmp / member / "registry.json"
+
+        def record() -> dict[str, Any]:
+            return json.loads(path.read_text()) if path.exists() else {}
+
+        self.settle(lambda: (record().get("release_id"), record().get("state")) == (release_id, fsm.CURRENT))
+        return record()
+
     def wait(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait for commits from the leader's step thread (no step of the loop) until `done`."""
         end = time.monotonic() + timeout
@@ -192,9 +204,7 @@ def test_a_release_goes_from_start_to_current_one_batch_at_a_time(harness: Harne
     details = [e["detail"] for e in harness.group.history(release=release["id"])]
     assert details[-8:] == ["h2 updated", "batch 2 of 4", "h3 updated", "batch 3 of 4", "h4 updated",
                             "batch 4 of 4", "h1 updated", "all 4 hosts run 2.4"]
-    registry = harness.tmp / "h1" / "registry.json"
-    harness.settle(lambda: registry.exists() and json.loads(registry.read_text())["state"] == fsm.CURRENT)
-    assert json.loads(registry.read_text())["version"] == "2.4"
+    assert harness.registry_settled("h1", release["id"])["version"] == "2.4"
 
 
 def test_a_follower_proposes_nothing(harness: Harness) -> None:
@@ -582,9 +592,7 @@ def test_bake_time_then_rechecks_of_every_updated_host_then_the_next_batch(harne
     harness.report("h1")
     harness.settle(lambda: harness.release["state"] == fsm.CURRENT)  # no bake after the last batch
     assert harness.release["state"] == fsm.CURRENT
-    registry = harness.tmp / "h1" / "registry.json"
-    harness.settle(lambda: registry.exists() and json.loads(registry.read_text())["state"] == fsm.CURRENT)
-    assert json.loads(registry.read_text())["failed_within_budget"] == ["h2"]
+    assert harness.registry_settled("h1", harness.release["id"])["failed_within_budget"] == ["h2"]
 
 
 def test_no_batch_opens_outside_the_releases_window(harness: Harness) -> None:
