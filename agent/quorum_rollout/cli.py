@@ -118,8 +118,10 @@ def _submit(args: argparse.Namespace, path: str, body: dict[str, Any]) -> tuple[
         time.sleep(1.0)
         op = _call(args, "GET", f"/v1/operations/{op_id}")
         if op["status"] in ("committed", "rejected"):
-            return {**doc, "operation": op, "release": _call(args, "GET", "/v1/status")["state"]["release"]}, \
-                op["status"]
+            # the agent knows what a late commit came to if it applied it since it started
+            answer = {**doc, "operation": op, "changed": op.get("changed"), "reason": op.get("reason", doc["reason"]),
+                      "release": _call(args, "GET", "/v1/status")["state"]["release"]}
+            return answer, op["status"]
     return doc, "pending"
 
 
@@ -132,6 +134,8 @@ def _outcome_line(what: str, doc: dict[str, Any], outcome: str) -> str:
         return f"refused: {what}: {doc['operation'].get('reason')}"
     if doc.get("changed") is False:
         return f"unchanged: {doc['reason']}"
+    if doc.get("changed") is None:
+        return f"committed: {what} (what it changed is not known here: see `quorum-rollout status`)"
     return f"{'started' if what.startswith('release') else 'done'}: {what}"
 
 

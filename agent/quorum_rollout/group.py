@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -59,6 +60,8 @@ class Node(Protocol):
                 **args: Any) -> dict[str, str]: ...
 
     def preview(self, op: str, **args: Any) -> fsm.Outcome: ...
+
+    def outcome(self, op_id: str) -> dict[str, str] | None: ...
 
     def current_term(self) -> int: ...
 
@@ -102,6 +105,10 @@ class GroupNode(SyncObj):
         self.node_id = node_id
         self.group = group  # for the transport's log lines
         self._on_change = on_change
+        # {"code", "reason"} of the newest commands with an id this member applied since it started:
+        # what a command that committed late came to (fsm.apply is deterministic: every member
+        # computes the same). Local memory; the replicated `applied` only says that it committed.
+        self._outcomes: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name=f"raft-{node_id}", daemon=True)
         self._peer_nodes = {a: TCPNode(a) for a in peers}
@@ -156,6 +163,11 @@ class GroupNode(SyncObj):
             result = {"code": outcome.code, "reason": outcome.reason}
         except Exception as exc:  # fsm.apply is total; this is the last line of defence for Raft
             result = {"code": "invalid", "reason": f"internal error: {exc!r}"}
+        op_id = cmd.get("id") if isinstance(cmd, dict) else None
+        if isinstance(op_id, str) and result["code"] != "duplicate":
+            self._outcomes[op_id] = dict(result)
+            while len(self._outcomes) > fsm.APPLIED_LIMIT:
+                self._outcomes.popitem(last=False)
         try:
             self._on_change()
         except Exception:  # a listener bug must never reach the Raft thread
@@ -188,6 +200,12 @@ class GroupNode(SyncObj):
         be accepted."""
         cmd = {"op": op, "id": None, "term": self.current_term(), "time": time.time(), "actor": self.node_id, **args}
         return fsm.apply(self.state, cmd)[1]
+
+    def outcome(self, op_id: str) -> dict[str, str] | None:
+        """fsm's answer to the command with this id when this member applied it, if it did since it
+        started and it is among the newest fsm.APPLIED_LIMIT; None otherwise."""
+        found = self._outcomes.get(op_id)
+        return dict(found) if found else None
 
     # (no properties here: SyncObj.__init__ evaluates every attribute through dir())
     def current_term(self) -> int:

@@ -7,8 +7,10 @@ re-proposes the same command with the same id every few seconds (the state machi
 id once, so a copy that commits late is a no-op) until the log shows it committed or rejected,
 or `ttl` seconds pass (`expired`: nothing more will be tried; check the status and send again).
 
-`document(op_id)` is what `GET /v1/operations/<id>` returns: `committed`, `rejected` (with the
-state machine's reason), `pending`, `expired` or `unknown`.
+`document(op_id)` is what `GET /v1/operations/<id>` returns: `committed` (with `changed` and the
+state machine's `code` and `reason` when this node applied it since it started: a release that
+commits late may still find the group already at that version), `rejected` (with the state
+machine's reason), `pending`, `expired` or `unknown`.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ class Operations:
     def document(self, op_id: str) -> dict[str, Any]:
         state = self.node.state
         if op_id in state["applied"]:
-            return {"id": op_id, "status": "committed"}
+            doc: dict[str, Any] = {"id": op_id, "status": "committed"}
+            outcome = self.node.outcome(op_id)
+            if outcome is not None:
+                doc.update(outcome, changed=outcome["code"] == "accepted")
+            return doc
         for entry in reversed(state["rejected"]):
             if entry.get("id") == op_id:
                 return {"id": op_id, "status": "rejected", "op": entry.get("op"), "code": entry.get("code"),

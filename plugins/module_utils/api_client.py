@@ -199,8 +199,8 @@ class AgentClient(object):
         The id makes the command idempotent, so a POST whose answer was lost (no answer, 502/504,
         or 503 "nothing changed") is sent again with the same id until ``follow`` seconds pass. A
         202 (not committed yet; the agent keeps proposing it) is followed on
-        ``GET /v1/operations/<id>`` until the log says ``committed`` (returned as
-        ``{"changed": True, ...}`` with the release re-read) or ``rejected`` (raised as a 409).
+        ``GET /v1/operations/<id>`` until the log says ``committed`` (returned with the agent's
+        ``changed`` and ``reason``, ``changed`` True when the agent no longer knows, and the release re-read) or ``rejected`` (raised as a 409).
         When it is still unknown at the end, an error says so and names the id: it may commit later.
         """
         body = dict(body, operation_id=uuid.uuid4().hex)
@@ -220,7 +220,9 @@ class AgentClient(object):
                 last = exc
                 continue
             if doc.get("status") == "committed":
-                return {"changed": True, "reason": "committed after a delay", "operation": doc,
+                # `changed` is there when the agent applied it since it started; else assume it changed
+                return {"changed": doc.get("changed", True),
+                        "reason": doc.get("reason") or "committed after a delay", "operation": doc,
                         "release": ((self.status().get("state") or {}).get("release"))}
             if doc.get("status") == "rejected":
                 raise AgentApiError(409, doc.get("reason") or "the group refused the command",

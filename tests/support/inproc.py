@@ -179,6 +179,12 @@ class InProcNode:
                **args}
         return fsm.apply(self.state, cmd)[1]
 
+    def outcome(self, op_id: str) -> dict[str, str] | None:
+        for entry in reversed(self.group.log):
+            if entry.cmd.get("id") == op_id and entry.code != "duplicate":
+                return {"code": entry.code, "reason": entry.reason}
+        return None
+
     def current_term(self) -> int:
         return self.group.term
 

@@ -33,7 +33,8 @@ def test_a_lost_command_is_proposed_again_until_it_commits_once() -> None:
     assert ops.document("op-00000001")["status"] == "pending"
     clock.now += 5
     ops._retry()
-    assert ops.document("op-00000001") == {"id": "op-00000001", "status": "committed"}
+    assert ops.document("op-00000001") == {"id": "op-00000001", "status": "committed", "code": "accepted",
+                                           "reason": "", "changed": True}
     ops._retry()
     assert len([c for c in group.proposed if c["id"] == "op-00000001"]) == 2
     assert len(group.history(op="channel")) == 1
@@ -47,6 +48,20 @@ def test_a_command_that_committed_although_its_caller_heard_a_timeout_is_not_pro
     ops._retry()
     assert ops.document("op-00000002")["status"] == "committed"
     assert len([c for c in group.proposed if c["id"] == "op-00000002"]) == 1
+
+
+def test_a_command_that_commits_late_as_a_no_op_says_it_changed_nothing() -> None:
+    """The operator's second `release 2.4` times out, the first commits meanwhile, the second then
+    commits as a no-op: its document must not read as a change (the CLI printed "started")."""
+    group, ops, _clock = setup()
+    ops.submit("channel", "op-00000006", {"paused": True}, timeout=1.0)
+    group.fail_next("channel", "late")
+    with pytest.raises(ProposalError):
+        ops.submit("channel", "op-00000007", {"paused": True}, timeout=1.0)
+    group.deliver_late()
+    doc = ops.document("op-00000007")
+    assert doc["status"] == "committed" and doc["changed"] is False and doc["code"] == "noop"
+    assert doc["reason"] == "the channel is already paused"
 
 
 def test_a_rejected_command_is_answered_by_the_log() -> None:

@@ -53,7 +53,7 @@ class FakeGroup(object):
         self.unavailable = 0  # answer 503 to the next N requests
         self.pending_polls = 0  # answer the next command 202 (pending); it commits after N operation polls
         self.operations = {}  # operation id -> [polls left, the command to apply]
-        self.committed = set()
+        self.committed = {}  # operation id -> the answer the command got
 
     # -- the replicated state ----------------------------------------------------------
     @property
@@ -165,7 +165,7 @@ class FakeGroup(object):
                          "release": copy.deepcopy(self.release)}
         status, answer = command()
         if op_id and status < 400:
-            self.committed.add(op_id)
+            self.committed[op_id] = answer
         return status, answer
 
     def operation(self, op_id):
@@ -178,9 +178,11 @@ class FakeGroup(object):
             status, answer = entry[1]()
             if status >= 400:
                 return 200, {"id": op_id, "status": "rejected", "reason": answer["error"]}
-            self.committed.add(op_id)
-        if op_id in self.committed:
-            return 200, {"id": op_id, "status": "committed"}
+            self.committed[op_id] = answer
+        if op_id in self.committed:  # as an agent that applied it since it started
+            answer = self.committed[op_id]
+            return 200, {"id": op_id, "status": "committed", "changed": answer.get("changed"),
+                         "reason": answer.get("reason")}
         return 404, {"error": "operation %r is unknown here" % op_id, "detail": {"operation_id": op_id}}
 
 

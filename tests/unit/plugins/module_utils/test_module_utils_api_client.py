@@ -384,6 +384,14 @@ def test_a_command_answered_202_is_followed_until_it_commits(agent):
     assert len(ops) == 3 and len(set(ops)) == 1
 
 
+def test_a_command_answered_202_that_commits_as_a_no_op_is_not_changed(agent):
+    client = AgentClient(agent.url, agent.token)
+    client.start_release("2.4")
+    agent.group.pending_polls = 1
+    answer = client.submit("/v1/releases", {"version": "2.4"}, sleep=0.01)
+    assert answer["changed"] is False and "2.4" in answer["reason"], answer
+
+
 def test_a_pending_command_rejected_later_raises_409(agent):
     client = AgentClient(agent.url, agent.token)
     client.start_release("2.4")
