@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
+from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from . import fsm
@@ -84,6 +85,10 @@ class Node(Protocol):
     def stop(self) -> None: ...
 
 
+# A follower's longest wait between ticks when no message comes (GroupNode._wait): below
+# connectionRetryTime (1 s) and transport.IDLE_PROBE, so reconnects and link probes keep their pace.
+FOLLOWER_WAIT = 0.5
+
 _DEFINITIVE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.REQUEST_DENIED,
                FAIL_REASON.DISCARDED}
 
@@ -114,11 +119,7 @@ class GroupNode(SyncObj):
         self._peer_nodes = {a: TCPNode(a) for a in peers}
         beat, low, high = timing or (RaftConfig.heartbeat, RaftConfig.election_timeout_min,
                                      RaftConfig.election_timeout_max)
-        # Longest wait of one tick (every message and every proposal wakes it sooner): half the
-        # heartbeat period, so heartbeats leave on time. Not longer on followers: once the leader
-        # is gone they all tick in step from its last heartbeat, and coarser ticks put more of
-        # their random election deadlines on the same tick (tried: a whole period gave 2-3
-        # elections for one leader kill at N=30, for a third less idle CPU).
+        # Longest wait of one tick (every message and every proposal wakes it sooner); see _wait.
         self._tick = beat / 2
         conf = SyncObjConf(
             password=secret,
@@ -151,10 +152,26 @@ class GroupNode(SyncObj):
     def _tick_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.doTick(self._tick)
+                self.doTick(self._wait())
             except Exception:  # pragma: no cover - pysyncobj logs and continues the same way
                 time.sleep(self._tick)
         self._doDestroy()
+
+    def _wait(self) -> float:
+        """How long this tick may wait for a message (every message and proposal ends it sooner).
+
+        A leader: half the heartbeat period, so heartbeats leave on time. A follower has one
+        deadline that matters, its election timeout (random, reset by each heartbeat), so it
+        waits until exactly then, at most FOLLOWER_WAIT (connection retries, idle-link probes).
+        Waiting a fixed tick instead put the followers' random deadlines on a grid: after the
+        leader died they all ticked in step from its last heartbeat, and a coarser grid gave more
+        split votes (a whole period: 2-3 elections for one kill at N=30), a finer one more idle
+        CPU (half a period: every follower woke twice per heartbeat)."""
+        deadline = getattr(self, "_SyncObj__raftElectionDeadline", None)  # pysyncobj's, set in __init__
+        if self._isLeader() or not isinstance(deadline, (int, float)):
+            return self._tick
+        left = deadline - raft_clock()
+        return min(left, FOLLOWER_WAIT) if left > 0 else self._tick
 
     @replicated(ver=0)  # first protocol version; a changed method gets ver=1 + setCodeVersion
     def apply_command(self, cmd: dict[str, Any]) -> dict[str, str]:

@@ -322,3 +322,32 @@ def test_raft_timing_from_the_config_reaches_pysyncobj(tmp_path, subnet):
         assert (conf.appendEntriesPeriod, conf.raftMinTimeout, conf.raftMaxTimeout) == (0.05, 0.3, 0.9)
     finally:
         node.stop()
+
+
+def test_a_follower_wakes_once_per_heartbeat_and_exactly_at_its_election_deadline(make_node, subnet, monkeypatch):
+    """An idle follower's Raft thread runs a tick per message, not also on a fixed grid in between
+    (half its idle CPU), and waits for no message past its own random election deadline: the
+    deadlines of the followers stay spread when the leader dies (no grid to collide on)."""
+    ticks: Counter[str] = Counter()
+    do_tick = GroupNode.doTick
+
+    def counted(self, timeout):
+        ticks[self.node_id] += 1
+        return do_tick(self, timeout)
+
+    monkeypatch.setattr(GroupNode, "doTick", counted)
+    addresses = [f"{subnet}.{i}:{PORT}" for i in (2, 3, 4)]
+    nodes = [make_node(a, [p for p in addresses if p != a]) for a in addresses]
+    leader = wait(lambda: next((n for n in nodes if n.is_leader()), None), 15)
+    followers = [n for n in nodes if n is not leader]
+    for follower in followers:
+        deadline = follower._SyncObj__raftElectionDeadline  # type: ignore[attr-defined]
+        assert 0 < follower._wait() <= deadline - T.raft_clock()
+    assert leader._wait() == leader._tick
+    ticks.clear()
+    start = time.monotonic()
+    time.sleep(2.0)  # the quiet measured (not a wait for a condition): 20 heartbeats at 0.1 s
+    heartbeats = (time.monotonic() - start) / 0.1
+    for follower in followers:
+        assert ticks[follower.node_id] <= 1.4 * heartbeats, (ticks, heartbeats)  # was 2x: one on the grid too
+    assert ticks[leader.node_id] >= 1.6 * heartbeats  # the leader still ticks at half the heartbeat
