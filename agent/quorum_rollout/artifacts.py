@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, TypeVar, Union
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -71,6 +71,7 @@ _KEPT = "; partial file kept for a Range resume"
 
 # A logging.Logger (events go through quorum_rollout.log.event) or a callable(event, **fields).
 Log = Union[logging.Logger, Callable[..., None], None]
+_T = TypeVar("_T")
 Causes = Iterable[tuple[str, Exception]]
 
 
@@ -725,6 +726,41 @@ def _raise_all_failed(what: str, failures: list[tuple[str, Exception]]) -> None:
     raise MirrorUnavailable(what, f"no mirror could serve it: {listing}", causes=failures)
 
 
+def _first_mirror(cfg: Any, what: str, attempt: Callable[[int, str, requests.Session, _Bounds], _T],
+                  refused: Callable[[str, Exception], None], not_published: Callable[[list], Exception], *,
+                  session: requests.Session | None, deadline: float | None,
+                  cancel: threading.Event | None) -> tuple[_T, str]:
+    """`attempt(i, mirror, session, bounds)` on each mirror in latency order until one returns; each
+    ArtifactError/TrustError goes to `refused(mirror, exc)` and the next mirror is tried. When none
+    succeeds: `not_published(failures)` if all answered 404, else the first trust refusal or
+    `MirrorUnavailable` (`what` names the document), every source's cause attached.
+    `DeadlineExceeded` and `Cancelled` end the call at once, naming the mirrors that failed before."""
+    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
+    failures: list[tuple[str, Exception]] = []
+    sess = session or requests.Session()
+    try:
+        ordered = order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess, deadline=deadline,
+                                cancel=cancel)
+        for i, mirror in enumerate(ordered):
+            try:
+                return attempt(i, mirror, sess, bounds), mirror
+            except _STOP as exc:
+                _add_earlier(exc, failures)
+                raise
+            except (ArtifactError, TrustError) as exc:
+                failures.append((mirror, exc))
+                refused(mirror, exc)
+    finally:
+        if failures:
+            invalidate(cfg.mirrors)
+        if session is None:
+            sess.close()
+    if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
+        raise not_published(failures)
+    _raise_all_failed(what, failures)
+    raise AssertionError("unreachable")
+
+
 def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, group: str | None,
                    highest_version: str | None, allow_downgrade: bool, log: Log = None,
                    session: requests.Session | None = None, sleep: Callable[[float], None] | None = None,
@@ -738,39 +774,22 @@ def fetch_manifest(cfg: Any, version: str, policy: TrustPolicy, *, now: Any, gro
     `DeadlineExceeded` (past `deadline`, a time.monotonic() value) and `Cancelled` (`cancel` set)
     end the call at once; the backoff waits on `cancel` (`sleep`, for tests, replaces that wait).
     """
-    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
-    failures: list[tuple[str, Exception]] = []
-    sess = session or requests.Session()
-    try:
-        ordered = order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess, deadline=deadline,
-                                cancel=cancel)
-        for i, mirror in enumerate(ordered):
-            url = f"{mirror}/{quote(cfg.name)}/{quote(version)}/manifest.json"
-            try:
-                if i:
-                    (sleep or bounds.pause)(min(backoff * 2 ** (i - 1), 10.0, bounds.left()))
-                manifest = verify_manifest(
-                    _get_manifest(sess, url, cfg, bounds), policy, now=now, name=cfg.name, version=version,
-                    group=group, max_bytes=cfg.max_manifest_bytes, highest_version=highest_version,
-                    allow_downgrade=allow_downgrade)
-            except _STOP as exc:
-                _add_earlier(exc, failures)
-                raise
-            except (ArtifactError, TrustError) as exc:
-                failures.append((mirror, exc))
-                _emit(log, "mirror_failed", "warning", mirror=mirror, version=version, error=str(exc)[:500],
-                      kind=type(exc).__name__)
-                continue
-            return manifest, mirror
-    finally:
-        if failures:
-            invalidate(cfg.mirrors)
-        if session is None:
-            sess.close()
-    if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
-        raise NotPublished(cfg.name, version, failures)
-    _raise_all_failed(f"{cfg.name} {version}", failures)
-    raise AssertionError("unreachable")
+    def attempt(i: int, mirror: str, sess: requests.Session, bounds: _Bounds) -> Manifest:
+        if i:
+            (sleep or bounds.pause)(min(backoff * 2 ** (i - 1), 10.0, bounds.left()))
+        url = f"{mirror}/{quote(cfg.name)}/{quote(version)}/manifest.json"
+        return verify_manifest(
+            _get_manifest(sess, url, cfg, bounds), policy, now=now, name=cfg.name, version=version,
+            group=group, max_bytes=cfg.max_manifest_bytes, highest_version=highest_version,
+            allow_downgrade=allow_downgrade)
+
+    def refused(mirror: str, exc: Exception) -> None:
+        _emit(log, "mirror_failed", "warning", mirror=mirror, version=version, error=str(exc)[:500],
+              kind=type(exc).__name__)
+
+    return _first_mirror(cfg, f"{cfg.name} {version}", attempt, refused,
+                         lambda failures: NotPublished(cfg.name, version, failures),
+                         session=session, deadline=deadline, cancel=cancel)
 
 
 def channel_url(mirror: str, name: str, channel: str) -> str:
@@ -787,33 +806,19 @@ def fetch_channel(cfg: Any, policy: TrustPolicy, *, now: Any, log: Log = None,
     mirror serves a valid pointer, `ChannelNotPublished` when all answer 404, else
     `MirrorUnavailable`; `DeadlineExceeded`/`Cancelled` end the call at once."""
     channel = cfg.channel
-    bounds = _Bounds(cfg.connect_timeout, cfg.read_timeout, deadline, cancel)
-    failures: list[tuple[str, Exception]] = []
-    sess = session or requests.Session()
-    try:
-        for mirror in order_mirrors(cfg.mirrors, timeout=cfg.connect_timeout, session=sess, deadline=deadline,
-                                    cancel=cancel):
-            url = channel_url(mirror, cfg.name, channel)
-            try:
-                raw = _get_document(sess, url, bounds, MAX_POINTER_BYTES, "channel pointer", PointerTooLarge,
-                                    "the channel pointer limit")
-                return verify_pointer(raw, policy, now=now, name=cfg.name, channel=channel), mirror
-            except _STOP as exc:
-                _add_earlier(exc, failures)
-                raise
-            except (ArtifactError, TrustError) as exc:
-                failures.append((mirror, exc))
-                _emit(log, "channel_refused", "warning", mirror=mirror, channel=channel, cause=str(exc)[:500],
-                      kind=type(exc).__name__)
-    finally:
-        if failures:
-            invalidate(cfg.mirrors)
-        if session is None:
-            sess.close()
-    if failures and all(isinstance(e, HttpError) and e.status == 404 for _, e in failures):
-        raise ChannelNotPublished(cfg.name, channel, failures)
-    _raise_all_failed(f"channel {channel} of {cfg.name}", failures)
-    raise AssertionError("unreachable")
+
+    def attempt(_i: int, mirror: str, sess: requests.Session, bounds: _Bounds) -> ChannelPointer:
+        raw = _get_document(sess, channel_url(mirror, cfg.name, channel), bounds, MAX_POINTER_BYTES,
+                            "channel pointer", PointerTooLarge, "the channel pointer limit")
+        return verify_pointer(raw, policy, now=now, name=cfg.name, channel=channel)
+
+    def refused(mirror: str, exc: Exception) -> None:
+        _emit(log, "channel_refused", "warning", mirror=mirror, channel=channel, cause=str(exc)[:500],
+              kind=type(exc).__name__)
+
+    return _first_mirror(cfg, f"channel {channel} of {cfg.name}", attempt, refused,
+                         lambda failures: ChannelNotPublished(cfg.name, channel, failures),
+                         session=session, deadline=deadline, cancel=cancel)
 
 
 def download_from_mirrors(cfg: Any, store: Store, manifest: Manifest, *, prefer: str | None = None,
