@@ -2,8 +2,8 @@
 """The seed's scenario: congested zone downlinks and a capped origin.
 
 Z zones (3) x H hosts (10), one group per zone (intel-z1, intel-z2, ...), one release of an
-S-byte payload (200 MiB; the seed's releases are over 1 GiB, 200 MiB keeps 2 x 30 hosts' copies
-on this disk and the run in minutes: every time below scales with S). One origin mirror for
+S-byte payload (200 MiB by default, in minutes; `--payload-mb 1024` for the seed's 1 GiB, which
+needs ~65 GiB free under /var/tmp: each run holds ~2 GiB per host and is removed before the next). One origin mirror for
 all zones, its egress capped at U bytes/s (the origin uplink); every byte from the origin to a
 zone also passes that zone's downlink, capped at D bytes/s and shared by the zone's hosts
 (mirror.py --zone: a token bucket per zone, fed by every connection into that zone). Traffic
@@ -162,10 +162,11 @@ def main() -> None:
     args = ap.parse_args()
     runners = {"A": ("quorum.rollout", run_agents), "B": ('Ansible serial: "10%"', run_ansible)}
     results = {}
-    with tempfile.TemporaryDirectory(prefix="qr-zones-", dir="/var/tmp") as tmp:
-        for k in args.only.split(","):
-            results[k] = runners[k][1](Path(tmp) / k, args)
-            print(k, json.dumps(results[k]), flush=True)
+    for k in args.only.split(","):
+        # One directory per run, removed before the next: at 1 GiB a run holds ~2 GiB per host.
+        with tempfile.TemporaryDirectory(prefix=f"qr-zones-{k}-", dir="/var/tmp") as tmp:
+            results[k] = runners[k][1](Path(tmp), args)
+        print(k, json.dumps(results[k]), flush=True)
     print(f"\n{platform.node()} {platform.machine()} python {platform.python_version()}, "
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}: {args.zones} zones x {args.hosts} hosts, "
           f"{args.payload_mb:g} MiB release, zone downlink {args.downlink_mb:g} MiB/s, origin uplink "
