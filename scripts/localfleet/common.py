@@ -51,7 +51,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def port_free(ip: str, port: int) -> bool:
+    """Whether a server could listen on ip:port now. With SO_REUSEADDR, as the agent's Raft port,
+    its API and the mirror bind: connections of a fleet just stopped (TIME_WAIT, 60 s) do not
+    count, a process still listening does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError:
